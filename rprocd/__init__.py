@@ -1,0 +1,3 @@
+"""rprocd: the system daemon for Linux remote processors."""
+
+__version__ = "0.1.0"
