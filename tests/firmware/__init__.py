@@ -1,0 +1,1 @@
+"""Test firmware: sources, build rules and the fixture table (`fixtures.py`)."""
