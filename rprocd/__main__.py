@@ -1,0 +1,5 @@
+"""`python -m rprocd`."""
+
+from rprocd.daemon import main
+
+raise SystemExit(main())

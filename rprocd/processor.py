@@ -1,0 +1,775 @@
+"""One core: its state machine, operations, properties, errno -> typed error.
+
+Everything here runs on the GLib main loop except the `_io_*` functions and
+`_validate`, which run on the core's worker thread and touch only the kernel
+files. An operation is a generator ("plan") that yields blocking steps to the
+worker and gets their results back, so a multi-step operation (a firmware
+switch with rollback) reads top to bottom while the loop stays free.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+from . import events
+from .config import ProcessorConfig
+from .errors import (
+    BadState,
+    Busy,
+    Failed,
+    FirmwareNotFound,
+    InvalidArgs,
+    InvalidFirmware,
+    NoSuchProcessor,
+    NotSupported,
+    RprocError,
+    Timeout,
+)
+from .paths import Paths
+from .sysfs import CoreFiles, DeviceGone
+from .worker import Worker, WorkerTimeout
+
+log = logging.getLogger("rprocd")
+
+ACTIVE = frozenset({"running", "attached"})
+QUIET = frozenset({"offline", "detached"})  # states nothing changes by itself
+MAX_STOP_WRITES = 4  # each `stop` drops one kernel power reference
+_TRACE_NAME = re.compile(r"^trace\d+$")
+
+Done = Callable[[RprocError | None], None]
+
+
+class ProcessorListener(Protocol):
+    def properties_changed(self, proc: Processor, changed: dict[str, object]) -> None: ...
+
+    def crashed(self, proc: Processor, crash_type: str, time_usec: int, coredump: str) -> None: ...
+
+
+@dataclass
+class Shared:
+    """What every core needs from the daemon-wide configuration (owned by the Manager)."""
+
+    paths: Paths
+    firmware_dirs: tuple[Path, ...] = ()  # FirmwareDirectories=
+
+
+class KernelError(Exception):
+    """A write the kernel refused, with the state read right after it."""
+
+    def __init__(self, attr: str, value: str, error: OSError, state: str) -> None:
+        super().__init__(f"{attr} <- {value}: {error}")
+        self.attr = attr
+        self.errno = error.errno or 0
+        self.state = state
+
+    @property
+    def why(self) -> str:
+        name = E.errorcode.get(self.errno, str(self.errno))
+        return f"{name}: {os.strerror(self.errno)}"
+
+
+class _Io(NamedTuple):
+    """One blocking step for the worker; `timeout` None = no deadline."""
+
+    fn: Callable[[], Any]
+    timeout: float | None = None
+
+
+Plan = Generator[_Io, Any, None]
+
+
+def now_usec() -> int:
+    return time.time_ns() // 1000
+
+
+class Processor:
+    """A remote processor, known by its kernel `name`, reached through `remoteprocN`."""
+
+    def __init__(
+        self,
+        files: CoreFiles,
+        name: str,
+        object_name: str,
+        config: ProcessorConfig,
+        shared: Shared,
+        on_change: Callable[[Processor], None] | None = None,
+    ) -> None:
+        self.files = files
+        self.name = name
+        self.device = files.device
+        self.object_name = object_name
+        self.config = config
+        self.shared = shared
+        self.listener: ProcessorListener | None = None
+        self.worker = Worker(self.device)
+        self._on_change = on_change
+        self._done: Done | None = None
+        self._crash_open = False  # a crash was counted and the core has not run since
+        self._blocked = False  # a write that timed out has not returned yet
+        self.gone = False  # the sysfs directory vanished
+        state = self._read_state()
+        firmware = files.read_optional("firmware")
+        fw_format = files.read_optional("fw_format")
+        self._kernel_default = (
+            firmware if firmware and firmware != "unknown" else f"rproc-{name}-fw"
+        )
+        self._props: dict[str, object] = {
+            "Name": name,
+            "Device": self.device,
+            "State": state,
+            "Operation": "",
+            "Failed": False,
+            "LastError": "",
+            "Firmware": firmware,
+            "DefaultFirmware": config.firmware or self._kernel_default,
+            "FirmwareFormat": fw_format if fw_format in ("ELF", "TEE") else "",
+            "Recovery": files.read_optional("recovery"),
+            "RestartPolicy": config.restart,
+            "CoredumpMode": files.read_optional("coredump"),
+            "CrashCount": 0,
+            "LastCrashType": "",
+            "LastCrashTime": 0,
+            "LastCoredump": "",
+            "RunningSince": now_usec() if state in ACTIVE else 0,
+            "RpmsgChannels": files.rpmsg_channels(),
+            "TraceBuffers": files.trace_buffers(),
+        }
+
+    # -- the API -----------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return str(self._props["State"])
+
+    @property
+    def operation(self) -> str:
+        return str(self._props["Operation"])
+
+    @property
+    def default_firmware(self) -> str:
+        return str(self._props["DefaultFirmware"])
+
+    @property
+    def needs_poll(self) -> bool:
+        """Whether the state can change without us writing (the kernel never says so)."""
+        return self.state not in QUIET or self._crash_open or self.operation != ""
+
+    def properties(self) -> dict[str, object]:
+        return {k: list(v) if isinstance(v, list) else v for k, v in self._props.items()}
+
+    def start(self, firmware: str, done: Done) -> None:
+        """Boot `firmware` ("" = DefaultFirmware) on an offline core, or attach a detached one."""
+        self._launch(self._start_plan(firmware), done)
+
+    def stop(self, done: Done) -> None:
+        self._launch(self._stop_plan(), done)
+
+    def restart(self, firmware: str, done: Done) -> None:
+        """Stop then start; with another firmware a switch that rolls back on failure."""
+        self._launch(self._restart_plan(firmware), done)
+
+    def detach(self, done: Done) -> None:
+        self._launch(self._detach_plan(), done)
+
+    def recover(self, done: Done) -> None:
+        self._launch(self._recover_plan(), done)
+
+    def reset_failed(self) -> None:
+        self._update({"Failed": False, "LastError": ""})
+
+    def read_trace(self, buffer: str) -> str:
+        buffer = buffer or "trace0"
+        if not _TRACE_NAME.match(buffer):
+            raise InvalidArgs(
+                f"{self.name}: '{buffer}' is not a trace buffer; use trace0, trace1, ... "
+                "as listed in TraceBuffers"
+            )
+        try:
+            data = self.files.read_trace(buffer)
+        except OSError as exc:
+            if exc.errno in (E.EACCES, E.EPERM):
+                raise NotSupported(
+                    f"{self.name}: debugfs is not readable; run rprocd as root with "
+                    "debugfs mounted on /sys/kernel/debug"
+                ) from None
+            buffers = ", ".join(self.files.trace_buffers()) or "none"
+            raise BadState(
+                f"{self.name}: no trace buffer '{buffer}' now (present: {buffers}); "
+                "trace buffers exist while the firmware runs and declares them in its "
+                "resource table"
+            ) from None
+        return data.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    # -- state tracking ----------------------------------------------------
+
+    def poll(self) -> None:
+        """Timer tick: read `state` only; the rest only when it changed."""
+        try:
+            state = self.files.state()
+        except DeviceGone:
+            self.gone = True  # its remove uevent may have been lost: tell the manager
+            if self._on_change:
+                self._on_change(self)
+            return
+        except OSError:
+            return
+        if state != self.state:
+            self.refresh()
+
+    def refresh(self, gone_child: str = "") -> None:
+        """Re-read everything from the kernel and announce what changed.
+
+        `gone_child` is a child device whose `remove` uevent we are handling
+        (its directory may still be visible for a moment)."""
+        try:
+            state = self.files.state()
+            changes: dict[str, object] = {
+                "State": state,
+                "Firmware": self.files.read_optional("firmware"),
+                "Recovery": self.files.read_optional("recovery"),
+                "CoredumpMode": self.files.read_optional("coredump"),
+                "RpmsgChannels": self.files.rpmsg_channels(exclude=gone_child),
+                "TraceBuffers": self.files.trace_buffers(),
+            }
+        except (DeviceGone, OSError):
+            return
+        was = self.state
+        crashed = self._observe(state, changes)
+        self._update(changes)
+        if crashed:
+            self._crash(was)
+
+    def hint(self, subsystem: str, action: str, child: str) -> None:
+        """A uevent of a child device (virtio, rpmsg, devcoredump...): re-read at once.
+
+        A virtio device removed while the core reads running and we did nothing
+        means the kernel recovered a crash between two polls."""
+        before = self.state
+        self.refresh(gone_child=child if action == "remove" else "")
+        if (
+            subsystem == "virtio"
+            and action == "remove"
+            and before in ACTIVE
+            and self.state in ACTIVE
+            and not self.operation
+            and not self._crash_open
+        ):
+            self._crash(before)
+            self._crash_open = False  # already running again
+            self._update({"RunningSince": now_usec()})
+
+    def apply_config(self, config: ProcessorConfig) -> None:
+        """New settings (start or Reload): properties now, the kernel's coredump mode if set."""
+        self.config = config
+        self._update({
+            "DefaultFirmware": config.firmware or self._kernel_default,
+            "RestartPolicy": config.restart,
+        })
+        if config.coredump and config.coredump != self._props["CoredumpMode"]:
+            self.worker.submit(partial(self._io_coredump, config.coredump), self._config_written)
+
+    def close(self) -> None:
+        """The core is gone: let its thread end."""
+        self.worker.close()
+
+    def _config_written(self, _result: object, exc: BaseException | None) -> None:
+        if exc is not None:
+            why = exc.why if isinstance(exc, KernelError) else str(exc)
+            self.log(logging.WARNING, "%s: could not set Coredump=%s (%s)",
+                      self.name, self.config.coredump, why)
+        self.refresh()
+
+    def _observe(self, state: str, changes: dict[str, object]) -> bool:
+        """Classify a state change (ours, the core running again, or a crash: True)."""
+        old = self.state
+        if state == old:
+            return False
+        crashed = not self._crash_open and (
+            state == "crashed"
+            or (state == "offline" and old in ACTIVE and not self.operation)
+        )
+        if state in ACTIVE:
+            self._crash_open = False
+            if old not in ACTIVE:
+                changes["RunningSince"] = now_usec()
+        else:
+            changes["RunningSince"] = 0
+        return crashed
+
+    def _crash(self, was: str) -> None:
+        self._crash_open = True
+        when = now_usec()
+        crash_type = "unknown"
+        self._update(
+            {
+                "CrashCount": int(self._props["CrashCount"]) + 1,
+                "LastCrashType": crash_type,
+                "LastCrashTime": when,
+            }
+        )
+        if self._props["Recovery"] == "disabled":
+            then = "the kernel's recovery is disabled, so it stays crashed: call Recover()"
+        else:
+            then = "the kernel's recovery restarts it"
+        self.log(
+            logging.ERROR, "%s: crashed while %s (type %s); %s",
+            self.name, was, crash_type, then, event=events.CRASHED,
+        )
+        if self.listener:
+            self.listener.crashed(self, crash_type, when, "")
+
+    def _update(self, values: dict[str, object]) -> None:
+        changed = {k: v for k, v in values.items() if self._props.get(k) != v}
+        if not changed:
+            return
+        self._props.update(changed)
+        if self.listener:
+            self.listener.properties_changed(self, dict(changed))
+        if self._on_change:
+            self._on_change(self)
+
+    # -- running an operation ----------------------------------------------
+
+    def _launch(self, plan: Plan, done: Done) -> None:
+        if self.operation:  # also while a timed-out write is still blocked in the kernel
+            plan.close()
+            done(
+                Busy(
+                    f"{self.name}: busy ({self.operation} still in progress); "
+                    "wait until Operation is empty, then try again"
+                )
+            )
+            return
+        self._done = done
+        self._step(plan, None, None, reread=False)
+
+    def _step(
+        self, plan: Plan, value: Any, exc: BaseException | None, reread: bool = True
+    ) -> None:
+        """Feed a worker result into the plan; run its next step or finish."""
+        if reread:  # after every kernel step, while Operation still marks the changes ours
+            self.refresh()
+        if isinstance(exc, DeviceGone):
+            exc = self._gone()
+        elif isinstance(exc, WorkerTimeout):
+            self._blocked = True  # until `_late`: the kernel still holds our write
+        try:
+            io = plan.throw(exc) if exc is not None else plan.send(value)
+        except StopIteration:
+            self._finish(None)
+        except RprocError as error:
+            self._finish(error)
+        except OSError as error:  # reading state failed in an unexpected way
+            self._finish(Failed(f"{self.name}: kernel I/O failed: {error}"))
+        except Exception as error:  # a bug: say so instead of hanging the caller
+            log.exception("%s: internal error", self.name)
+            self._finish(Failed(f"{self.name}: internal error ({error!r}); please report it"))
+        else:
+            self.worker.submit(
+                io.fn, partial(self._step, plan), timeout=io.timeout, on_late=self._late
+            )
+
+    def _finish(self, error: RprocError | None) -> None:
+        acted = self.operation != ""  # refusals happen before an operation begins
+        if not self._blocked:
+            self._update({"Operation": ""})
+        if error is None:
+            self._update({"Failed": False})
+        elif acted:
+            self._update({"Failed": True, "LastError": str(error)})
+            level = logging.WARNING if isinstance(error, Timeout) else logging.ERROR
+            event = (
+                events.FIRMWARE_REFUSED
+                if isinstance(error, (InvalidFirmware, FirmwareNotFound))
+                else None
+            )
+            self.log(level, "%s", error, event=event)
+        done, self._done = self._done, None
+        if done:
+            done(error)
+
+    def _late(self, _result: object, exc: BaseException | None) -> None:
+        """A write that had timed out came back: the core is usable again."""
+        outcome = f"failed ({exc.why})" if isinstance(exc, KernelError) else "returned"
+        self._blocked = False
+        self.refresh()
+        self._update({"Operation": ""})
+        self.log(logging.INFO, "%s: the blocked kernel write finally %s; state %s",
+                  self.name, outcome, self.state)
+
+    def _begin(self, operation: str) -> None:
+        self._update({"Operation": operation})
+
+    # -- plans (main loop; `yield` hands a step to the worker) ---------------
+
+    def _start_plan(self, firmware: str) -> Plan:
+        state = self._gate(("offline", "detached"), "start")
+        self._begin("starting")
+        if state == "detached":
+            yield from self._attach_steps()
+        else:
+            yield from self._boot_steps(firmware or self.default_firmware, validate=True)
+
+    def _stop_plan(self) -> Plan:
+        self._gate(ACTIVE, "stop")
+        self._begin("stopping")
+        yield from self._stop_steps()
+
+    def _restart_plan(self, firmware: str) -> Plan:
+        state = self._gate(("running", "attached", "offline"), "restart")
+        new = firmware or self.default_firmware
+        previous = self.files.read_optional("firmware") if state == "running" else ""
+        switching = state in ACTIVE and new != previous
+        self._begin("switching" if switching else "stopping" if state in ACTIVE else "starting")
+        if self.config.validate:
+            yield _Io(partial(self._validate, new))  # a bad image never stops a good one
+        if state in ACTIVE:
+            yield from self._stop_steps()
+        if not switching:
+            self._begin("starting")
+        try:
+            yield from self._boot_steps(new, validate=False)
+        except RprocError as error:
+            if not previous or not switching or isinstance(error, Timeout):
+                raise
+            if self._read_state() != "offline":
+                raise
+            self.log(logging.WARNING, "%s; rolling back to '%s'", error, previous)
+            try:
+                yield from self._boot_steps(previous, validate=False)
+            except RprocError as again:
+                raise Failed(
+                    f"{error}; rolling back to '{previous}' failed too "
+                    f"({self._bare(again)}); the core is offline: Start() a working firmware"
+                ) from None
+            raise type(error)(f"{error}; rolled back to '{previous}', which runs again") from None
+
+    def _detach_plan(self) -> Plan:
+        state = self._read_state()
+        if state == "running":
+            raise BadState(
+                f"{self.name}: runs a firmware Linux loaded, and only a core Linux attached to "
+                "(state attached) can be detached; use Stop() instead"
+            )
+        self._gate(("attached",), "detach")
+        self._begin("stopping")
+        try:
+            state = yield _Io(self._io_detach, self.config.shutdown_timeout + 1.0)
+        except KernelError as exc:
+            raise self._detach_error(exc) from None
+        except WorkerTimeout:
+            raise self._timeout("detach", "the firmware did not acknowledge the detach") from None
+        if state != "detached":
+            raise Failed(f"{self.name}: the kernel accepted 'detach' but the core is {state}")
+        self.log(logging.INFO, "%s: detached; the firmware keeps running", self.name,
+                  event=events.DETACHED)
+
+    def _recover_plan(self) -> Plan:
+        state = self._read_state()
+        if state != "crashed":
+            raise BadState(
+                f"{self.name}: is {state}, not crashed; Recover() only restarts a crashed core"
+                + ("; use Restart() to restart a running one" if state in ACTIVE else "")
+            )
+        self._begin("recovering")
+        try:
+            state = yield _Io(self._io_recover, self.config.start_timeout)
+        except KernelError as exc:
+            raise self._recover_error(exc) from None
+        except WorkerTimeout:
+            raise self._timeout(
+                "recover", "the kernel is still recovering (with Coredump=inline it waits "
+                "until the dump is read)"
+            ) from None
+        if state not in ACTIVE:
+            raise Failed(
+                f"{self.name}: the kernel's recovery left the core {state}; {self._rebind_advice()}"
+            )
+        self.log(logging.INFO, "%s: recovered", self.name, event=events.RECOVERED)
+
+    # -- steps shared by plans -------------------------------------------
+
+    def _boot_steps(self, firmware: str, validate: bool) -> Plan:
+        if validate and self.config.validate:
+            yield _Io(partial(self._validate, firmware))
+        try:
+            state = yield _Io(partial(self._io_start, firmware), self.config.start_timeout)
+        except KernelError as exc:
+            raise self._start_error(exc, firmware) from None
+        except WorkerTimeout:
+            raise self._timeout("start", f"'{firmware}' is still booting") from None
+        if state == "offline":
+            raise Failed(
+                f"{self.name}: the kernel accepted 'start' but the core stayed offline: a failed "
+                f"recovery left it stuck; {self._rebind_advice()}"
+            )
+        if state != "running":
+            raise Failed(f"{self.name}: started '{firmware}' but the core is {state} right after")
+        self.log(logging.INFO, "%s: started '%s'", self.name, firmware, event=events.STARTED)
+
+    def _attach_steps(self) -> Plan:
+        try:
+            state = yield _Io(partial(self._io_start, None), self.config.start_timeout)
+        except KernelError as exc:
+            raise Failed(
+                f"{self.name}: attaching to the firmware that runs since boot failed ({exc.why}); "
+                "see the kernel log (journalctl -k)"
+            ) from None
+        except WorkerTimeout:
+            raise self._timeout("attach", "the kernel is still attaching") from None
+        if state not in ACTIVE:
+            raise Failed(f"{self.name}: the kernel accepted the attach but the core is {state}")
+        self.log(logging.INFO, "%s: attached to the running firmware", self.name,
+                  event=events.ATTACHED)
+
+    def _stop_steps(self) -> Plan:
+        state = self.state
+        for attempt in range(1, MAX_STOP_WRITES + 1):
+            try:
+                state = yield _Io(self._io_stop, self.config.shutdown_timeout + 1.0)
+            except KernelError as exc:
+                raise self._stop_error(exc) from None
+            except WorkerTimeout:
+                raise self._timeout(
+                    "stop", "the firmware did not acknowledge the shutdown and the kernel "
+                    "write is still blocked; check its shutdown handler or raise "
+                    "ShutdownTimeoutSec="
+                ) from None
+            if state not in ACTIVE:
+                break
+            self.log(logging.INFO, "%s: still %s after stop #%d: another user holds the "
+                      "core in the kernel; stopping again", self.name, state, attempt)
+        else:
+            raise Failed(
+                f"{self.name}: still {state} after {MAX_STOP_WRITES} stop writes; a kernel driver "
+                "keeps the core booted; unload that driver first"
+            )
+        if state != "offline":
+            raise Failed(f"{self.name}: the kernel accepted 'stop' but the core is {state}")
+        self.log(logging.INFO, "%s: stopped", self.name, event=events.STOPPED)
+
+    # -- worker side: kernel I/O only ---------------------------------------
+
+    def _validate(self, firmware: str) -> None:
+        """Check the image before the kernel sees it: a cause in words, not -EINVAL."""
+        from rprocd.firmware import read_target, resolve, search_dirs, validate_file
+
+        try:
+            path = resolve(firmware, search_dirs(self.shared.paths, self.shared.firmware_dirs))
+            target = read_target(
+                self.shared.paths, self.device, self.name, self.config.require_resource_table
+            )
+            report = validate_file(path, target)
+        except RprocError as error:
+            raise self._named(error) from None
+        if report.errors:
+            more = len(report.errors) - 1
+            extra = f" ({more} more problem{'s' * (more > 1)}: InspectFirmware('{firmware}'))"
+            raise InvalidFirmware(
+                f"{self.name}: '{firmware}': {report.errors[0].message}{extra if more else ''}"
+            )
+        for finding in report.warnings:
+            self.log(logging.WARNING, "%s: '%s': %s", self.name, firmware, finding.message)
+
+    def _io_start(self, firmware: str | None) -> str:
+        """Gate, write, re-read: `firmware` None attaches a detached core."""
+        want = "offline" if firmware is not None else "detached"
+        state = self.files.state()
+        if state != want:
+            raise BadState(self._bad_state("start", state))
+        if firmware is not None:
+            self._io_set("firmware", firmware)
+        self._io_set("state", "start")
+        return self.files.state()
+
+    def _io_stop(self) -> str:
+        state = self.files.state()
+        if state not in ACTIVE:
+            raise BadState(self._bad_state("stop", state))
+        self._io_set("state", "stop")
+        return self.files.state()
+
+    def _io_detach(self) -> str:
+        state = self.files.state()
+        if state != "attached":
+            raise BadState(self._bad_state("detach", state))
+        self._io_set("state", "detach")
+        return self.files.state()
+
+    def _io_recover(self) -> str:
+        state = self.files.state()
+        if state != "crashed":
+            raise BadState(self._bad_state("recover", state))
+        self._io_set("recovery", "recover")
+        return self.files.state()
+
+    def _io_coredump(self, mode: str) -> None:
+        state = self.files.state()
+        if state == "crashed":  # the kernel refuses (EBUSY) until recovered
+            raise BadState(
+                f"{self.name}: crashed; the coredump mode is applied at the next Reload()"
+            )
+        self._io_set("coredump", mode)
+
+    def _io_set(self, attr: str, value: str) -> None:
+        try:
+            self.files.write_attr(attr, value)
+        except OSError as exc:
+            try:
+                state = self.files.state()
+            except (DeviceGone, OSError):
+                state = "gone"
+            raise KernelError(attr, value, exc, state) from None
+
+    # -- errors ----------------------------------------------------------
+
+    def _read_state(self) -> str:
+        try:
+            return self.files.state()
+        except DeviceGone:
+            raise self._gone() from None
+        except OSError as exc:
+            raise Failed(f"{self.name}: cannot read its state: {exc.strerror}") from None
+
+    def _gate(self, allowed: tuple[str, ...] | frozenset[str], verb: str) -> str:
+        state = self._read_state()
+        if state not in allowed:
+            raise BadState(self._bad_state(verb, state))
+        return state
+
+    def _gone(self) -> NoSuchProcessor:
+        return NoSuchProcessor(
+            f"{self.name}: the core disappeared (its driver was unbound); it is back when the "
+            "driver is bound again"
+        )
+
+    def _bad_state(self, verb: str, state: str) -> str:
+        n = self.name
+        if state == "crashed":
+            return f"{n}: crashed; call Recover() first (or wait for the kernel's recovery)"
+        if verb == "start" and state in ACTIVE:
+            return f"{n}: already {state}; use Restart() to run another firmware, or Stop() first"
+        if verb in ("stop", "restart") and state == "detached":
+            return (f"{n}: detached (its firmware runs without Linux); Start() attaches to it, "
+                    f"then you can {verb} it")
+        if verb in ("stop", "detach") and state == "offline":
+            return f"{n}: already offline; nothing to {verb}"
+        return f"{n}: cannot {verb} while the core is {state}"
+
+    def _start_error(self, exc: KernelError, firmware: str) -> RprocError:
+        n, fw = self.name, firmware
+        if exc.attr == "firmware":
+            if exc.errno == E.EBUSY:
+                return BadState(f"{n}: the kernel changes the firmware only while offline "
+                                f"(the core is {exc.state}); Stop() it first")
+            if exc.errno == E.EINVAL:
+                return InvalidArgs(f"{n}: the kernel refused the firmware name '{fw}'; "
+                                   "give a non-empty file name under /lib/firmware")
+            return self._write_error(exc, "set the firmware name")
+        table: dict[int, RprocError] = {
+            E.ENOENT: FirmwareNotFound(
+                f"{n}: the kernel found no file '{fw}' in its firmware search path "
+                f"({self.shared.paths.firmware_root} and firmware_class.path); copy it there "
+                "or ImportFirmware() it"),
+            E.EINVAL: InvalidFirmware(
+                f"{n}: the kernel rejected '{fw}' (bad ELF header, a segment outside the core's "
+                "memory, a broken resource table or a '..' in the name); run InspectFirmware"
+                f"('{fw}') to see which"),
+            E.EIO: InvalidFirmware(
+                f"{n}: the secure loader (OP-TEE) rejected '{fw}': a bad signature or not a "
+                "signed image; sign it with the key of this board (FirmwareFormat is "
+                f"{self._props['FirmwareFormat'] or 'unknown'})"),
+            E.EOVERFLOW: InvalidFirmware(
+                f"{n}: '{fw}' has a segment too large for this system; relink it"),
+            E.EBUSY: BadState(
+                f"{n}: the kernel says the core is busy (kernels before 5.19 refuse start on a "
+                "running core); Stop() it first"),
+            E.EPERM: NotSupported(
+                f"{n}: the driver cannot start this core (no reset control in the device "
+                "tree); it can only be attached to when the boot loader started it"),
+            E.ENODEV: self._gone(),
+            E.ENAMETOOLONG: InvalidArgs(
+                f"{n}: the firmware name '{fw}' is too long for the kernel's path limit; "
+                "use a shorter name"),
+            E.EINTR: Failed(f"{n}: the kernel's start was interrupted; try again"),
+            E.ENOMEM: Failed(
+                f"{n}: the kernel ran out of memory loading '{fw}' (carveouts); check the "
+                "core's reserved-memory regions in the device tree"),
+        }
+        return table.get(exc.errno) or self._write_error(exc, f"start '{fw}'")
+
+    def _stop_error(self, exc: KernelError) -> RprocError:
+        if exc.errno == E.EINVAL and exc.state in ACTIVE:
+            return NotSupported(f"{self.name}: the driver cannot stop this core")
+        if exc.errno == E.EINVAL:
+            return BadState(self._bad_state("stop", exc.state))
+        if exc.errno == E.ENODEV:
+            return self._gone()
+        return self._write_error(exc, "stop")
+
+    def _detach_error(self, exc: KernelError) -> RprocError:
+        if exc.errno == E.EINVAL and exc.state == "attached":
+            return NotSupported(
+                f"{self.name}: the driver cannot detach from this core (no detach support, "
+                "e.g. in TEE mode); use Stop() instead")
+        if exc.errno == E.EINVAL:
+            return BadState(self._bad_state("detach", exc.state))
+        return self._write_error(exc, "detach")
+
+    def _recover_error(self, exc: KernelError) -> RprocError:
+        if exc.errno == E.ENOENT:
+            return NotSupported(f"{self.name}: this kernel has no 'recovery' attribute "
+                                "(before 5.10); restart the core with a driver rebind")
+        if exc.errno == E.EINVAL:
+            return NotSupported(f"{self.name}: the kernel does not know 'recover'; update it")
+        return self._write_error(exc, "recover")
+
+    def _write_error(self, exc: KernelError, what: str) -> RprocError:
+        if exc.errno in (E.EACCES, E.EROFS):
+            return NotSupported(
+                f"{self.name}: the kernel refuses writes to '{exc.attr}' (read-only: another "
+                "kernel driver controls this core, or rprocd does not run as root)")
+        return Failed(f"{self.name}: could not {what} ({exc.why}); the core is {exc.state}; "
+                      "see the kernel log (journalctl -k)")
+
+    def _timeout(self, verb: str, why: str) -> Timeout:
+        return Timeout(
+            f"{self.name}: {verb} did not finish in time: {why}; the core stays busy until "
+            "the kernel returns, then its state is read again"
+        )
+
+    def _rebind_advice(self) -> str:
+        device, driver = self.files.platform_device()
+        if not driver:
+            return "unbind and bind its driver again, or reboot"
+        base = f"/sys/bus/platform/drivers/{driver}"
+        return f"rebind its driver: echo {device} > {base}/unbind; echo {device} > {base}/bind"
+
+    def _named(self, error: RprocError) -> RprocError:
+        """Errors of helpers (firmware search) carry no core name; give them ours."""
+        text = str(error)
+        return error if text.startswith(f"{self.name}:") else type(error)(f"{self.name}: {text}")
+
+    def _bare(self, error: RprocError) -> str:
+        return str(error).removeprefix(f"{self.name}: ")
+
+    def log(self, level: int, msg: str, *args: object, event: str | None = None) -> None:
+        """Log with this core's journal fields (RPROC_NAME, ...) and an event's MESSAGE_ID."""
+        extra: dict[str, object] = {
+            "RPROC_NAME": self.name,
+            "RPROC_DEVICE": self.device,
+            "RPROC_FIRMWARE": self._props.get("Firmware", ""),
+            "RPROC_STATE": self._props.get("State", ""),
+        }
+        if event:
+            extra["MESSAGE_ID"] = event
+        log.log(level, msg, *args, extra=extra)
