@@ -87,11 +87,13 @@ class TraceRing:
     def put(self, text: str) -> None:
         if self.size < 2:
             return
+        # As ST's log_buff: wrap *before* writing, so a full lap stays
+        # readable (up to its NUL) until the next byte is written.
         for ch in text.encode("utf-8", "replace"):
+            if self.offset + 1 >= self.size:
+                self.offset = 0
             self._write(self.da + self.offset, bytes((ch,)))
             self.offset += 1
-            if self.offset >= self.size - 1:
-                self.offset = 0
             self._write(self.da + self.offset, b"\0")
 
 

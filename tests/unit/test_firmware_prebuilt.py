@@ -15,8 +15,7 @@ from rprocd.firmware import Target, validate_file
 from tests.firmware.fixtures import BUILD_DIR, FIXTURES, SIZE_LIMIT, Fixture
 from tests.unit.test_firmware_images import M4, TARGETS
 
-pytestmark = pytest.mark.skipif(not (BUILD_DIR / "m4-good.elf").exists(),
-                                reason="test firmware not built (make -C tests/firmware)")
+assert (BUILD_DIR / "m4-good.elf").exists(), "run `make -C tests/firmware` first"
 
 GENERIC = dataclasses.replace(M4, core="core0")
 # The only defect no daemon can see: the signature needs OP-TEE's platform key.

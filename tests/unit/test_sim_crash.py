@@ -322,9 +322,8 @@ def test_shutdown_releases_an_inline_wait(make):
 def _built(name: str):
     from test_sim_loader import FIXTURES
 
-    fixture = FIXTURES.get(name)
-    if fixture is None or not fixture.path.exists():
-        pytest.skip("tests/firmware not built")
+    fixture = FIXTURES[name]
+    assert fixture.path.exists(), "run `make -C tests/firmware` first"
     return fixture.path.read_bytes()
 
 

@@ -331,8 +331,7 @@ def _start(tmp: Path, fixture, board: str, rp: str, options: list[str]) -> int |
 @pytest.mark.parametrize("name", sorted(FIXTURES))
 def test_built_fixture_errnos(tmp_path, name):
     fixture = FIXTURES[name]
-    if not fixture.path.exists():
-        pytest.skip("tests/firmware not built")
+    assert fixture.path.exists(), "run `make -C tests/firmware` first"
     board, rp = _BOARD[fixture.core]
     assert _start(tmp_path / "stm", fixture, board, rp, []) == fixture.kernel_errno
     assert _start(tmp_path / "gen", fixture, "generic:1", "remoteproc0", []) \
@@ -341,14 +340,14 @@ def test_built_fixture_errnos(tmp_path, name):
     assert _start(tmp_path / "tee", fixture, board, rp, tee) == fixture.tee_errno
 
 
-@pytest.mark.parametrize("name", sorted(n for n, f in FIXTURES.items() if f.sim))
+# The big-endian image is left out: the kernel refuses it before reading sections.
+@pytest.mark.parametrize(
+    "name", sorted(n for n, f in FIXTURES.items() if f.sim and n != "bad-big-endian.elf")
+)
 def test_built_fixture_behaviour_sections_parse(name):
     fixture = FIXTURES[name]
-    if not fixture.path.exists():
-        pytest.skip("tests/firmware not built")
+    assert fixture.path.exists(), "run `make -C tests/firmware` first"
     data = fixture.path.read_bytes()
-    if data[5] != 1:
-        pytest.skip("big-endian: the kernel refuses it before reading sections")
     raw = loader.describe(data).behaviour
     beh, warnings = parse_behaviour(raw)
     assert warnings == []
