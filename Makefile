@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test lint bench firmware clean
+.PHONY: setup demo test lint bench firmware install clean
 
 setup:
 	@VENV=$(VENV) ./scripts/setup.sh
@@ -21,6 +21,9 @@ lint:
 
 bench: setup
 	$(PY) -m tests.bench
+
+install:
+	./scripts/install.sh --destdir "$(DESTDIR)"
 
 firmware:
 	$(MAKE) -C tests/firmware

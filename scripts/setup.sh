@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 APT_PACKAGES="make pkg-config libsystemd-dev libgirepository1.0-dev libcairo2-dev
 libdbus-1-dev umockdev gir1.2-umockdev-1.0 fuse3 gcc-arm-none-eabi
-dbus-daemon systemd"
+dbus-daemon systemd
+debhelper dh-python pybuild-plugin-pyproject python3-pip python3-setuptools
+python3-wheel dpkg-dev groff-base man-db"
 
 missing=""
 for pkg in $APT_PACKAGES; do

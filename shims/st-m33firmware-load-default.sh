@@ -1,0 +1,1 @@
+st-m4firmware-load-default.sh
