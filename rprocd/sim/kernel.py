@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import loader
+from . import devicetree, loader
 from .behaviour import FirmwareRun, TraceRing, parse_behaviour
 from .board import Board, CoreSpec, MemRegion
 from .interfaces import DebugfsSink, DeviceSink, SimFile
@@ -1362,7 +1362,9 @@ class SimKernel:
                 "OF_COMPATIBLE_N": "1",
                 "MODALIAS": f"of:N{node}T(null)C{core.compatible}",
             }
-            core.platform_syspath = self.devices.add("platform", spec.platform, None, props, {}, {})
+            of_node = {"of_node": devicetree.node_path(self.board, spec)}
+            core.platform_syspath = self.devices.add(
+                "platform", spec.platform, None, props, {}, of_node)
             if core.opts.early != "offline":
                 self._early_boot(core)
         for core in self.cores.values():
@@ -1532,6 +1534,7 @@ class SimKernel:
                 0o200, None, _sysfs_store(lambda b, d=driver: self._bus_bind(d, b, self.bind)))
             files[f"{base}/unbind"] = SimFile(
                 0o200, None, _sysfs_store(lambda b, d=driver: self._bus_bind(d, b, self.unbind)))
+        files.update(devicetree.files(self.board))
         files["class/devcoredump/disabled"] = SimFile(
             0o644, lambda: b"1\n" if self.devcd.disabled else b"0\n",
             _sysfs_store(self.devcd.store_disabled))
