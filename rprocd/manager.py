@@ -18,8 +18,10 @@ from typing import Protocol
 
 from gi.repository import GLib
 
-from . import __version__, journal, naming
+from . import __version__, devcoredump, journal, naming
 from . import config as cfg
+from .coredump import CoredumpStore
+from .crash import CrashServices, CrashTypes
 from .errors import ConfigError, Failed, NoSuchProcessor, RprocError
 from .paths import Paths
 from .processor import ACTIVE, Processor, Shared
@@ -46,6 +48,7 @@ class Manager:
         config: cfg.Config,
         ops: FileOps | None = None,
         boot_id_file: Path = BOOT_ID,
+        crash_types: CrashTypes | None = None,
     ) -> None:
         self.version = __version__
         self.paths = paths
@@ -54,7 +57,17 @@ class Manager:
         self.listener: ManagerListener | None = None
         self.on_change: Callable[[], None] | None = None  # the daemon's STATUS= line
         self._ops = ops
-        self._shared = Shared(paths, config.manager.firmware_directories)
+        # One coredump store, one set of devcoredump claims and one coredump
+        # thread for every core (never a core's worker: see crash.py).
+        # Crash types come from the kernel log (`Paths.kmsg` if the paths name one).
+        if crash_types is None:
+            from .kmsg import DEFAULT, KernelLog
+
+            crash_types = KernelLog(getattr(paths, "kmsg", DEFAULT))
+        self._crash = CrashServices(
+            paths.sysfs, CoredumpStore(config.manager.coredump_directory, 5), crash_types
+        )
+        self._shared = Shared(paths, config.manager.firmware_directories, self._crash)
         self._poll_timer = 0
         self._coldplugged = False
         self._import_worker = Worker("import")
@@ -91,7 +104,7 @@ class Manager:
     def coldplug(self, syspaths: Iterable[str], done: Callable[[], None]) -> None:
         """The cores present at start; `done()` once every boot action has finished."""
         ordered = sorted(syspaths, key=lambda s: (len(Path(s).name), Path(s).name))
-        procs = [p for p in map(self._add, ordered) if p is not None]
+        procs = [p for p in (self._add(s, self._first_run) for s in ordered) if p is not None]
         self._coldplugged = True
         pending = len(procs)
         if not pending:
@@ -108,7 +121,7 @@ class Manager:
             self._boot(proc, self._first_run, one_done)
 
     def device_added(self, syspath: str) -> None:
-        proc = self._add(syspath)
+        proc = self._add(syspath, True)
         if proc is not None and self._coldplugged:
             self._boot(proc, True, lambda: None)  # a newly probed core: the boot rules apply
 
@@ -118,13 +131,19 @@ class Manager:
             self._remove(proc)
 
     def device_hint(self, subsystem: str, action: str, syspath: str) -> None:
-        """A uevent that may mean a core changed state: re-read its owner now."""
+        """A uevent that may mean a core changed state: re-read its owner now.
+
+        A devcoredump is handed to the core it belongs to (its `failing_device`
+        is a `remoteprocN` we know); another device's dump is never touched."""
         path = Path(syspath)
         if subsystem == "devcoredump":
-            try:
-                path = Path(os.readlink(path / "failing_device"))
-            except OSError:
+            if action != "add":
                 return  # a dump going away: nothing to learn
+            device = devcoredump.owner(self.paths.sysfs, syspath)
+            owner = next((p for p in self.processors.values() if p.device == device), None)
+            if owner is not None:
+                owner.devcoredump_added(path.name)
+            return
         proc = self._find(str(path))
         if proc is None:
             return
@@ -143,6 +162,9 @@ class Manager:
             raise Failed(f"configuration not reloaded, the previous one stays: {exc}") from None
         self.config = config
         self._shared.firmware_dirs = config.manager.firmware_directories
+        store = self._crash.store
+        if store is None or store.directory != config.manager.coredump_directory:
+            self._crash.store = CoredumpStore(config.manager.coredump_directory, 5)
         journal.set_level(config.manager.log_level)
         for proc in self.processors.values():
             proc.apply_config(config.processor(proc.name))
@@ -224,10 +246,12 @@ class Manager:
         for proc in self.processors.values():
             proc.close()
         self._import_worker.close()
+        self._crash.close()
 
     # -- internals ---------------------------------------------------------
 
-    def _add(self, syspath: str) -> Processor | None:
+    def _add(self, syspath: str, fresh: bool) -> Processor | None:
+        """A core found; `fresh`: not a daemon restart (its trace is new to us)."""
         root = Path(syspath)
         device = root.name
         known = self._find(syspath)
@@ -257,6 +281,7 @@ class Manager:
         proc.log(logging.INFO, "%s: found as %s, %s", name, device, proc.state)
         if self.listener:
             self.listener.processor_added(proc)
+        proc.begin(fresh)
         self._changed(proc)
         return proc
 

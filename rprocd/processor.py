@@ -20,8 +20,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from . import events
+from . import events, rpmsg
 from .config import ProcessorConfig
+from .crash import CrashServices, CrashSupervisor
 from .errors import (
     BadState,
     Busy,
@@ -36,6 +37,7 @@ from .errors import (
 )
 from .paths import Paths
 from .sysfs import CoreFiles, DeviceGone
+from .tracelog import TraceLog
 from .worker import Worker, WorkerTimeout
 
 log = logging.getLogger("rprocd")
@@ -60,6 +62,7 @@ class Shared:
 
     paths: Paths
     firmware_dirs: tuple[Path, ...] = ()  # FirmwareDirectories=
+    crash: CrashServices | None = None  # coredump store, claims, thread (made on first use)
 
 
 class KernelError(Exception):
@@ -113,9 +116,10 @@ class Processor:
         self.worker = Worker(self.device)
         self._on_change = on_change
         self._done: Done | None = None
-        self._crash_open = False  # a crash was counted and the core has not run since
+        self._auto = False  # the operation running is rprocd's own (Restart=on-crash)
         self._blocked = False  # a write that timed out has not returned yet
         self.gone = False  # the sysfs directory vanished
+        self.clock: Callable[[], int] = now_usec  # realtime µs (crash times; tests replace it)
         state = self._read_state()
         firmware = files.read_optional("firmware")
         fw_format = files.read_optional("fw_format")
@@ -140,9 +144,16 @@ class Processor:
             "LastCrashTime": 0,
             "LastCoredump": "",
             "RunningSince": now_usec() if state in ACTIVE else 0,
-            "RpmsgChannels": files.rpmsg_channels(),
+            "RpmsgChannels": self._channels(),
             "TraceBuffers": files.trace_buffers(),
         }
+        self.virtio_now: list[str] = files.virtio_devices()  # as of the last refresh
+        self._had_vdevs = bool(files.vdev_parents())
+        self.trace = TraceLog(files, name, self.device)
+        self.trace.forwarding = config.trace_forward
+        if shared.crash is None:
+            shared.crash = CrashServices(shared.paths.sysfs)
+        self.crash = CrashSupervisor(self, shared.crash, self.virtio_now)
 
     # -- the API -----------------------------------------------------------
 
@@ -159,32 +170,62 @@ class Processor:
         return str(self._props["DefaultFirmware"])
 
     @property
+    def trace_buffers(self) -> list[str]:
+        return list(self._props["TraceBuffers"])  # type: ignore[call-overload]
+
+    @property
     def needs_poll(self) -> bool:
         """Whether the state can change without us writing (the kernel never says so)."""
-        return self.state not in QUIET or self._crash_open or self.operation != ""
+        return self.state not in QUIET or self.operation != "" or self.crash.busy
 
     def properties(self) -> dict[str, object]:
         return {k: list(v) if isinstance(v, list) else v for k, v in self._props.items()}
 
     def start(self, firmware: str, done: Done) -> None:
         """Boot `firmware` ("" = DefaultFirmware) on an offline core, or attach a detached one."""
-        self._launch(self._start_plan(firmware), done)
+        self._launch(self._start_plan(firmware), done, user=True)
 
     def stop(self, done: Done) -> None:
-        self._launch(self._stop_plan(), done)
+        """Stop a running/attached core; a crashed one only where the kernel allows it
+        (7.2+), else BadState saying to Recover() first."""
+        self._launch(self._stop_plan(), done, user=True)
 
     def restart(self, firmware: str, done: Done) -> None:
         """Stop then start; with another firmware a switch that rolls back on failure."""
-        self._launch(self._restart_plan(firmware), done)
+        self._launch(self._restart_plan(firmware), done, user=True)
 
     def detach(self, done: Done) -> None:
-        self._launch(self._detach_plan(), done)
+        self._launch(self._detach_plan(), done, user=True)
 
     def recover(self, done: Done) -> None:
-        self._launch(self._recover_plan(), done)
+        self._launch(self._recover_plan(), done, user=True)
+
+    def auto_recover(self, done: Done) -> None:
+        """Restart=on-crash: rprocd's own recovery (no start-limit re-arm on success)."""
+        self._launch(self._recover_plan(), done, user=False)
 
     def reset_failed(self) -> None:
+        """Clear Failed, LastError and the start limit; Restart= applies again."""
         self._update({"Failed": False, "LastError": ""})
+        self.crash.reset_failed()
+
+    def devcoredump_added(self, devcd: str) -> None:
+        """A devcoredump whose failing device is this core (`devcdM`)."""
+        self.crash.dump_added(devcd)
+
+    def begin(self, fresh: bool) -> None:
+        """Supervision starts (after the listener is attached). `fresh`: the first
+        daemon run in this boot, or a newly probed core: its trace is forwarded
+        from the start; otherwise (a daemon restart) what is there was sent already."""
+        if self.state in ACTIVE or self.state == "crashed":
+            if fresh:
+                self.trace.read(self.trace_buffers)
+            else:
+                self.trace.prime(self.trace_buffers)
+        if self.state == "crashed" and not self.crash.open:
+            self.crash.crashed("unknown", "crashed")
+        else:
+            self.crash.scan_dumps()  # a dump of a crash while the daemon was not running
 
     def read_trace(self, buffer: str) -> str:
         buffer = buffer or "trace0"
@@ -202,17 +243,21 @@ class Processor:
                     "debugfs mounted on /sys/kernel/debug"
                 ) from None
             buffers = ", ".join(self.files.trace_buffers()) or "none"
+            saved = self.crash.last_trace_file()
             raise BadState(
                 f"{self.name}: no trace buffer '{buffer}' now (present: {buffers}); "
                 "trace buffers exist while the firmware runs and declares them in its "
                 "resource table"
+                + (f"; the text before the last crash is in {saved}" if saved else "")
             ) from None
         return data.split(b"\0", 1)[0].decode("utf-8", "replace")
 
     # -- state tracking ----------------------------------------------------
 
     def poll(self) -> None:
-        """Timer tick: read `state` only; the rest only when it changed."""
+        """Timer tick: read `state`; everything else only when it changed. While the
+        core runs: its trace buffers (new lines), rpmsg channels and trace buffer
+        list too, in case a uevent was lost."""
         try:
             state = self.files.state()
         except DeviceGone:
@@ -224,12 +269,23 @@ class Processor:
             return
         if state != self.state:
             self.refresh()
+        elif state in ACTIVE:
+            try:
+                self._update({"RpmsgChannels": self._channels(),
+                              "TraceBuffers": self.files.trace_buffers()})
+            except OSError:
+                pass
+            self.trace.read(self.trace_buffers)
+        self.crash.tick()
 
-    def refresh(self, gone_child: str = "") -> None:
-        """Re-read everything from the kernel and announce what changed.
+    def refresh(self, gone_child: str = "", read_trace: bool = True) -> None:
+        """Re-read everything from the kernel, announce what changed, and let the
+        crash supervision judge the state change.
 
         `gone_child` is a child device whose `remove` uevent we are handling
-        (its directory may still be visible for a moment)."""
+        (its directory may still be visible for a moment). `read_trace` False
+        leaves the trace buffers for the caller to read (a crash may be found
+        first, whose last words must be taken before)."""
         try:
             state = self.files.state()
             changes: dict[str, object] = {
@@ -237,95 +293,64 @@ class Processor:
                 "Firmware": self.files.read_optional("firmware"),
                 "Recovery": self.files.read_optional("recovery"),
                 "CoredumpMode": self.files.read_optional("coredump"),
-                "RpmsgChannels": self.files.rpmsg_channels(exclude=gone_child),
+                "RpmsgChannels": self._channels(exclude=gone_child),
                 "TraceBuffers": self.files.trace_buffers(),
             }
+            virtio = self.files.virtio_devices()
+            vdevs = bool(self.files.vdev_parents())
         except (DeviceGone, OSError):
             return
-        was = self.state
-        crashed = self._observe(state, changes)
-        self._update(changes)
-        if crashed:
-            self._crash(was)
-
-    def hint(self, subsystem: str, action: str, child: str) -> None:
-        """A uevent of a child device (virtio, rpmsg, devcoredump...): re-read at once.
-
-        A virtio device removed while the core reads running and we did nothing
-        means the kernel recovered a crash between two polls."""
-        before = self.state
-        self.refresh(gone_child=child if action == "remove" else "")
-        if (
-            subsystem == "virtio"
-            and action == "remove"
-            and before in ACTIVE
-            and self.state in ACTIVE
-            and not self.operation
-            and not self._crash_open
-        ):
-            self._crash(before)
-            self._crash_open = False  # already running again
-            self._update({"RunningSince": now_usec()})
-
-    def apply_config(self, config: ProcessorConfig) -> None:
-        """New settings (start or Reload): properties now, the kernel's coredump mode if set."""
-        self.config = config
-        self._update({
-            "DefaultFirmware": config.firmware or self._kernel_default,
-            "RestartPolicy": config.restart,
-        })
-        if config.coredump and config.coredump != self._props["CoredumpMode"]:
-            self.worker.submit(partial(self._io_coredump, config.coredump), self._config_written)
-
-    def close(self) -> None:
-        """The core is gone: let its thread end."""
-        self.worker.close()
-
-    def _config_written(self, _result: object, exc: BaseException | None) -> None:
-        if exc is not None:
-            why = exc.why if isinstance(exc, KernelError) else str(exc)
-            self.log(logging.WARNING, "%s: could not set Coredump=%s (%s)",
-                      self.name, self.config.coredump, why)
-        self.refresh()
-
-    def _observe(self, state: str, changes: dict[str, object]) -> bool:
-        """Classify a state change (ours, the core running again, or a crash: True)."""
         old = self.state
-        if state == old:
-            return False
-        crashed = not self._crash_open and (
-            state == "crashed"
-            or (state == "offline" and old in ACTIVE and not self.operation)
-        )
         if state in ACTIVE:
-            self._crash_open = False
             if old not in ACTIVE:
                 changes["RunningSince"] = now_usec()
         else:
             changes["RunningSince"] = 0
-        return crashed
+        # What a stop leaves (and a recovery does not): no vdev device, no trace buffer.
+        had = self._had_vdevs or bool(self._props["TraceBuffers"])
+        stopped_outside = had and not vdevs and not changes["TraceBuffers"]
+        self._had_vdevs = vdevs
+        self.virtio_now = virtio
+        self._update(changes)
+        self.crash.state_changed(old, state, stopped_outside)
+        if read_trace and self.state in ACTIVE:
+            self.trace.read(self.trace_buffers)
 
-    def _crash(self, was: str) -> None:
-        self._crash_open = True
-        when = now_usec()
-        crash_type = "unknown"
-        self._update(
-            {
-                "CrashCount": int(self._props["CrashCount"]) + 1,
-                "LastCrashType": crash_type,
-                "LastCrashTime": when,
-            }
-        )
-        if self._props["Recovery"] == "disabled":
-            then = "the kernel's recovery is disabled, so it stays crashed: call Recover()"
+    def hint(self, subsystem: str, action: str, child: str) -> None:
+        """A uevent of a child device (virtio, rpmsg, rproc-virtio): re-read at once.
+
+        A virtio device removed while the core reads running, which neither we
+        nor a crash already seen explain, means the kernel recovered a crash
+        between two polls (`crash.CrashSupervisor`)."""
+        if subsystem == "virtio" and action == "remove":
+            self.refresh(read_trace=False)
+            self.crash.virtio_removed(child)
+            if self.state in ACTIVE:
+                self.trace.read(self.trace_buffers)
+        elif subsystem == "virtio" and action == "add":
+            self.refresh()
+            self.crash.virtio_added(child)
         else:
-            then = "the kernel's recovery restarts it"
-        self.log(
-            logging.ERROR, "%s: crashed while %s (type %s); %s",
-            self.name, was, crash_type, then, event=events.CRASHED,
-        )
-        if self.listener:
-            self.listener.crashed(self, crash_type, when, "")
+            self.refresh(gone_child=child if action == "remove" else "")
+
+    def apply_config(self, config: ProcessorConfig) -> None:
+        """New settings (start or Reload): properties now, then the kernel's coredump
+        mode (Coredump=) and recovery (Restart=) if they differ."""
+        self.config = config
+        self.trace.forwarding = config.trace_forward
+        self._update({
+            "DefaultFirmware": config.firmware or self._kernel_default,
+            "RestartPolicy": config.restart,
+        })
+        self.crash.configure(config)
+
+    def close(self) -> None:
+        """The core is gone: let its thread end."""
+        self.crash.close()
+        self.worker.close()
+
+    def _channels(self, exclude: str = "") -> list[str]:
+        return rpmsg.channels(self.shared.paths.sysfs, self.files.root, exclude=exclude)
 
     def _update(self, values: dict[str, object]) -> None:
         changed = {k: v for k, v in values.items() if self._props.get(k) != v}
@@ -339,7 +364,8 @@ class Processor:
 
     # -- running an operation ----------------------------------------------
 
-    def _launch(self, plan: Plan, done: Done) -> None:
+    def _launch(self, plan: Plan, done: Done, user: bool) -> None:
+        self.refresh()  # judge the call on the state now (a crash not polled yet counts)
         if self.operation:  # also while a timed-out write is still blocked in the kernel
             plan.close()
             done(
@@ -350,6 +376,7 @@ class Processor:
             )
             return
         self._done = done
+        self._auto = not user
         self._step(plan, None, None, reread=False)
 
     def _step(
@@ -384,6 +411,8 @@ class Processor:
             self._update({"Operation": ""})
         if error is None:
             self._update({"Failed": False})
+            if acted and not self._auto:
+                self.crash.rearm()
         elif acted:
             self._update({"Failed": True, "LastError": str(error)})
             level = logging.WARNING if isinstance(error, Timeout) else logging.ERROR
@@ -393,6 +422,7 @@ class Processor:
                 else None
             )
             self.log(level, "%s", error, event=event)
+        self.crash.virtio.ahead = 0  # the operation's refreshes accounted for its run ends
         done, self._done = self._done, None
         if done:
             done(error)
@@ -407,6 +437,9 @@ class Processor:
                   self.name, outcome, self.state)
 
     def _begin(self, operation: str) -> None:
+        """The operation passed its gate and acts now (a refusal never gets here)."""
+        if not self._auto:
+            self.crash.user_action()  # the caller's wins over a pending automatic restart
         self._update({"Operation": operation})
 
     # -- plans (main loop; `yield` hands a step to the worker) ---------------
@@ -420,9 +453,12 @@ class Processor:
             yield from self._boot_steps(firmware or self.default_firmware, validate=True)
 
     def _stop_plan(self) -> Plan:
-        self._gate(ACTIVE, "stop")
+        state = self._gate((*ACTIVE, "crashed"), "stop")
         self._begin("stopping")
-        yield from self._stop_steps()
+        if state == "crashed":
+            yield from self._stop_crashed_steps()
+        else:
+            yield from self._stop_steps()
 
     def _restart_plan(self, firmware: str) -> Plan:
         state = self._gate(("running", "attached", "offline"), "restart")
@@ -531,6 +567,26 @@ class Processor:
         self.log(logging.INFO, "%s: attached to the running firmware", self.name,
                   event=events.ATTACHED)
 
+    def _stop_crashed_steps(self) -> Plan:
+        """Kernels up to 7.1 refuse `stop` on a crashed core (EINVAL, power untouched);
+        later ones stop it. Nothing else is tried: recovering it just to stop it
+        would run a firmware the caller wants off."""
+        try:
+            state = yield _Io(self._io_stop, self.config.shutdown_timeout + 1.0)
+        except KernelError as exc:
+            if exc.errno == E.EINVAL and exc.state == "crashed":
+                raise BadState(
+                    f"{self.name}: crashed, and this kernel cannot stop a crashed core (Linux "
+                    "7.2 can); it stays crashed and is not restarted automatically: call "
+                    "Recover() first, then Stop()"
+                ) from None
+            raise self._stop_error(exc) from None
+        except WorkerTimeout:
+            raise self._timeout("stop", "the kernel is still stopping the crashed core") from None
+        if state != "offline":
+            raise Failed(f"{self.name}: the kernel accepted 'stop' but the core is {state}")
+        self.log(logging.INFO, "%s: stopped (it had crashed)", self.name, event=events.STOPPED)
+
     def _stop_steps(self) -> Plan:
         state = self.state
         for attempt in range(1, MAX_STOP_WRITES + 1):
@@ -593,7 +649,7 @@ class Processor:
 
     def _io_stop(self) -> str:
         state = self.files.state()
-        if state not in ACTIVE:
+        if state not in (*ACTIVE, "crashed"):
             raise BadState(self._bad_state("stop", state))
         self._io_set("state", "stop")
         return self.files.state()
@@ -611,14 +667,6 @@ class Processor:
             raise BadState(self._bad_state("recover", state))
         self._io_set("recovery", "recover")
         return self.files.state()
-
-    def _io_coredump(self, mode: str) -> None:
-        state = self.files.state()
-        if state == "crashed":  # the kernel refuses (EBUSY) until recovered
-            raise BadState(
-                f"{self.name}: crashed; the coredump mode is applied at the next Reload()"
-            )
-        self._io_set("coredump", mode)
 
     def _io_set(self, attr: str, value: str) -> None:
         try:
@@ -762,8 +810,12 @@ class Processor:
     def _bare(self, error: RprocError) -> str:
         return str(error).removeprefix(f"{self.name}: ")
 
-    def log(self, level: int, msg: str, *args: object, event: str | None = None) -> None:
-        """Log with this core's journal fields (RPROC_NAME, ...) and an event's MESSAGE_ID."""
+    def log(
+        self, level: int, msg: str, *args: object, event: str | None = None,
+        fields: dict[str, object] | None = None,
+    ) -> None:
+        """Log with this core's journal fields (RPROC_NAME, ...), an event's MESSAGE_ID
+        and the event's own `fields` (upper-case journal field names)."""
         extra: dict[str, object] = {
             "RPROC_NAME": self.name,
             "RPROC_DEVICE": self.device,
@@ -772,4 +824,6 @@ class Processor:
         }
         if event:
             extra["MESSAGE_ID"] = event
+        if fields:
+            extra.update(fields)
         log.log(level, msg, *args, extra=extra)

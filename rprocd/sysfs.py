@@ -18,6 +18,19 @@ GONE_ERRNOS = (errno.ENOENT, errno.ENODEV)
 
 _RPMSG_DEVICE = re.compile(r"^virtio\d+\.(?P<name>.+)\.-?\d+\.-?\d+$")
 _TRACE = re.compile(r"^trace\d+$")
+# The platform device of a vdev resource (v6.1+: rproc-virtio.K[.auto]; before:
+# remoteprocN#vdevKbuffer) and the virtio device under it (ABI §1.1, §3.7).
+_VDEV_PARENT = re.compile(r"^(rproc-virtio\.\d+(\.auto)?|remoteproc\d+#vdev\d+buffer)$")
+_VIRTIO = re.compile(r"^virtio\d+$")
+
+
+def _subdirs(path: str | Path) -> list[os.DirEntry[str]]:
+    """Subdirectories of `path`, [] when it vanished meanwhile (stop, recovery)."""
+    try:
+        with os.scandir(path) as it:
+            return [e for e in it if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
 
 
 class DeviceGone(Exception):
@@ -91,8 +104,26 @@ class CoreFiles:
 
     # -- child devices -----------------------------------------------------
 
+    def vdev_parents(self) -> list[str]:
+        """The vdev platform devices under the core (`rproc-virtio.0.auto`): created
+        when a boot handles the resource table, removed at stop/detach, kept
+        through a boot recovery (ABI §3.7)."""
+        return sorted(e.name for e in _subdirs(self.root) if _VDEV_PARENT.match(e.name))
+
+    def virtio_devices(self) -> list[str]:
+        """The virtio devices (`virtio0`, ...) under the core's vdevs now: removed
+        and created again by every recovery."""
+        found = []
+        for parent in _subdirs(self.root):
+            if _VDEV_PARENT.match(parent.name):
+                found += (e.name for e in _subdirs(parent.path) if _VIRTIO.match(e.name))
+        return sorted(found)
+
     def rpmsg_channels(self, exclude: str = "") -> list[str]:
-        """The rpmsg channel names under this core (`rpmsg-tty`, ...), read from sysfs now
+        """Deprecated, unused: the daemon reads RpmsgChannels with `rpmsg.channels()`
+        (one implementation). Kept only for tests/unit/test_sysfs.py until both go.
+
+        The rpmsg channel names under this core (`rpmsg-tty`, ...), read from sysfs now
         (udev's attribute cache is stale by design); `exclude` names a device whose
         `remove` uevent arrived while its directory may still be there."""
         found = []

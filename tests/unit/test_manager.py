@@ -12,14 +12,15 @@ from test_core_fake_kernel import FakeKernel, call, spin
 import rprocd.firmware as firmware
 from rprocd import config as cfg
 from rprocd import errors
+from rprocd.crash import CrashTypes
 from rprocd.manager import Manager
 from rprocd.paths import Paths
 from rprocd.processor import Processor
 
 
 @pytest.fixture
-def kernel(tmp_path: Path) -> FakeKernel:
-    k = FakeKernel(tmp_path / "sys", tmp_path / "debug")
+def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeKernel:
+    k = FakeKernel(tmp_path / "sys", tmp_path / "debug", monkeypatch)
     k.firmware |= {"rproc-m4-fw", "rproc-m0-fw", "a.elf", "b.elf"}
     return k
 
@@ -57,7 +58,8 @@ def write_config(paths: Paths, text: str, name: str = "rprocd.conf") -> None:
 
 
 def manager(paths: Paths, kernel: FakeKernel, coldplug: bool = True) -> Manager:
-    m = Manager(paths, cfg.load(paths), ops=kernel, boot_id_file=paths.state_dir.parent / "boot_id")
+    m = Manager(paths, cfg.load(paths), ops=kernel, boot_id_file=paths.state_dir.parent / "boot_id",
+                crash_types=CrashTypes())
     m.listener = Recorder()
     if coldplug:
         done: list[bool] = []
@@ -326,3 +328,59 @@ def test_a_core_whose_remove_uevent_was_lost_is_removed_by_the_poll(
     kernel.remove_core(core)
     spin(lambda: m.listener.removed == ["m4"])
     assert m.processors == {}
+
+
+# -- crash supervision through the manager ----------------------------------------------
+
+
+def test_a_devcoredump_is_handed_to_its_core_and_another_devices_is_untouched(
+    paths: Paths, kernel: FakeKernel
+) -> None:
+    write_config(paths, "[Processor m4]\nCoredump=enabled\nRestart=no\n")
+    core = kernel.add_core(0, "m4", "running")
+    m = manager(paths, kernel)
+    proc = m.get_processor("m4")
+    wifi = paths.sysfs / "devices" / "pci0000:00" / "0000:00:14.3"
+    foreign = kernel.add_devcd(None, b"wifi firmware state", failing=wifi)
+    core.report_crash()
+    core.write("recovery", "recover\n")  # the dump appears with the recovery
+    for subsystem, action, path in kernel.uevents:
+        m.device_hint(subsystem, action, path)
+    spin(lambda: proc.properties()["LastCoredump"])
+    saved = Path(str(proc.properties()["LastCoredump"]))
+    assert saved.parent == paths.state_dir / "coredump"
+    assert saved.read_bytes().startswith(b"\x7fELF")
+    assert kernel.dismissed == ["devcd2"] and list(kernel.devcds) == [foreign]
+    dev = paths.sysfs / "class" / "devcoredump" / str(foreign)
+    assert (dev / "data").read_bytes() == b"wifi firmware state"  # never read nor dismissed
+    assert proc.properties()["CrashCount"] == 1
+    m.close()
+
+
+def test_the_trace_is_forwarded_from_boot_only_on_the_first_run_of_a_boot(
+    paths: Paths, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rprocd.trace as trace
+
+    sent: list[str] = []
+    monkeypatch.setattr(trace, "journal_sendv", lambda: lambda *f: sent.append(f[0]))
+    core = kernel.add_core(0, "m4", "running")
+    core.log("since boot")
+    first = manager(paths, kernel)
+    assert sent == ["MESSAGE=since boot"]
+    first.close()
+    manager(paths, kernel)  # the daemon restarted: that line was sent already
+    assert sent == ["MESSAGE=since boot"]
+
+
+def test_reload_moves_the_coredump_directory_and_applies_the_start_limit(
+    paths: Paths, kernel: FakeKernel
+) -> None:
+    kernel.add_core(0, "m4", "running")
+    m = manager(paths, kernel)
+    write_config(paths, "[Manager]\nCoredumpDirectory=/var/crash\n"
+                 "[Processor m4]\nStartLimitBurst=2\nStartLimitIntervalSec=1min\n")
+    m.reload()
+    assert m._crash.store.directory == Path("/var/crash")
+    limit = m.get_processor("m4").crash.limit
+    assert (limit.burst, limit.interval) == (2, 60.0)

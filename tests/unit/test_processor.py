@@ -20,8 +20,8 @@ from rprocd.sysfs import CoreFiles
 
 
 @pytest.fixture
-def kernel(tmp_path: Path) -> FakeKernel:
-    k = FakeKernel(tmp_path / "sys", tmp_path / "debug")
+def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeKernel:
+    k = FakeKernel(tmp_path / "sys", tmp_path / "debug", monkeypatch)
     k.firmware |= {"rproc-m4-fw", "a.elf", "b.elf"}
     return k
 
@@ -255,7 +255,18 @@ def test_stop_is_gated(kernel: FakeKernel, state: str, hint: str) -> None:
     proc, _ = make(kernel, core)
     error = call(proc.stop)
     assert isinstance(error, errors.BadState) and hint in str(error)
-    assert core.writes == []
+    # a crashed core: the kernel is asked (7.2 stops it; before, EINVAL, power untouched)
+    assert core.writes == ([("state", "stop")] if state == "crashed" else [])
+    assert core.power == 0 and core.state == state
+
+
+def test_stop_of_a_crashed_core_where_the_kernel_allows_it(kernel: FakeKernel) -> None:
+    core = kernel.add_core(0, "m4", "crashed")
+    core.crashed_stop = "stop"
+    proc, rec = make(kernel, core)
+    assert call(proc.stop) is None
+    assert core.state == "offline" and proc.properties()["CrashCount"] == 1
+    assert len(rec.crashes) == 1  # announced, with no coredump
 
 
 def test_detach_only_an_attached_core(kernel: FakeKernel) -> None:
