@@ -3,6 +3,8 @@
 #
 # Processor names come from sysfs (kernel names and remoteprocN), not from
 # the daemon: completion must be instant and work when rprocd is not running.
+# Coredump IDs come from the default coredump directory when it is readable
+# (root's); another CoredumpDirectory= is not looked up.
 # The command list mirrors `rprocctl --help`; tests/integration/test_packaging.py
 # checks that the two agree.
 
@@ -12,6 +14,15 @@ _rprocctl_processors() {
         [ -r "$dev/name" ] || continue
         cat "$dev/name" 2>/dev/null
         printf '%s\n' "${dev##*/}"
+    done
+}
+
+_rprocctl_coredumps() {
+    local f
+    for f in "${STATE_DIRECTORY:-/var/lib/rprocd}"/coredump/*.json; do
+        [ -r "$f" ] || continue
+        f=${f##*/}
+        printf '%s\n' "${f%.json}"
     done
 }
 
@@ -26,24 +37,33 @@ _rprocctl() {
         cword=$COMP_CWORD
     fi
 
-    local commands="list status start stop restart detach recover reset-failed inspect logs monitor reload"
+    local commands="list status start stop restart detach recover reset-failed inspect logs coredump monitor reload"
     local options="--json --timeout --help"
 
-    if [ "$prev" = --timeout ]; then
-        return  # a number of seconds
-    fi
+    case $prev in
+        --timeout) return ;;  # a number of seconds
+        --buffer) COMPREPLY=($(compgen -W "trace0 trace1" -- "$cur")); return ;;
+        -o|--output)
+            compopt -o filenames 2>/dev/null
+            COMPREPLY=($(compgen -f -- "$cur"))
+            return ;;
+    esac
 
-    # The command is the first word that is not an option (nor --timeout's value).
+    # The command is the first word that is not an option (nor an option's value).
     local i command="" nargs=0
     for ((i = 1; i < cword; i++)); do
         case ${words[i]} in
-            --timeout) ((i++)) ;;
+            --timeout|--buffer|-o|--output) ((i++)) ;;
             -*) ;;
             *) if [ -z "$command" ]; then command=${words[i]}; else ((nargs++)); fi ;;
         esac
     done
 
     if [[ $cur == -* ]]; then
+        case $command in
+            logs) options="$options -f --follow --buffer" ;;
+            coredump) options="--json --help -o --output" ;;
+        esac
         COMPREPLY=($(compgen -W "$options" -- "$cur"))
         return
     fi
@@ -53,6 +73,20 @@ _rprocctl() {
     fi
 
     case $command in
+        coredump)
+            # nargs counts the action (list, show, export) as the first argument.
+            if [ "$nargs" -eq 0 ]; then
+                COMPREPLY=($(compgen -W "list show export" -- "$cur"))
+            elif [ "$nargs" -eq 1 ]; then
+                local action
+                for ((i = 1; i < cword; i++)); do
+                    case ${words[i]} in list|show|export) action=${words[i]}; break ;; esac
+                done
+                case $action in
+                    list) COMPREPLY=($(compgen -W "$(_rprocctl_processors)" -- "$cur")) ;;
+                    show|export) COMPREPLY=($(compgen -W "$(_rprocctl_coredumps)" -- "$cur")) ;;
+                esac
+            fi ;;
         status|stop|detach|recover|reset-failed|logs)
             [ "$nargs" -eq 0 ] && COMPREPLY=($(compgen -W "$(_rprocctl_processors)" -- "$cur")) ;;
         start|restart)

@@ -9,11 +9,13 @@ code uses, so the two cannot disagree.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -37,10 +39,11 @@ OK, FAILED, USAGE, NO_PROCESSOR, DENIED, NO_DAEMON, TIMEOUT = range(7)
 EXIT_CODES = {
     OK: "success",
     FAILED: "the operation failed: an error from the daemon, a local firmware file that "
-    "cannot be read, or `inspect` found errors in the image",
-    USAGE: "usage error (bad command line)",
+    "cannot be read, `inspect` found errors in the image, or no such coredump",
+    USAGE: "usage error (bad command line, or `coredump export` to a terminal)",
     NO_PROCESSOR: "no such processor",
-    DENIED: "access denied (not authorized; see polkit action org.rprocd1.manage)",
+    DENIED: "access denied: not authorized (see polkit action org.rprocd1.manage), or the "
+    "saved coredumps are not readable (they are root's)",
     NO_DAEMON: "rprocd is not running, or the system bus is unavailable",
     TIMEOUT: "timeout: the daemon's own Timeout error, or no answer within --timeout",
 }
@@ -73,6 +76,7 @@ FIELDS = (
     "RpmsgChannels", "TraceBuffers",
 )
 TIMES = frozenset({"LastCrashTime", "RunningSince"})
+FOLLOW_INTERVAL = 0.5  # `logs -f`: seconds between two reads of the trace buffer
 
 
 class CtlError(Exception):
@@ -280,11 +284,274 @@ def cmd_reset_failed(daemon: Daemon, args: argparse.Namespace) -> int:
 
 def cmd_logs(daemon: Daemon, args: argparse.Namespace) -> int:
     path = daemon.processor(args.name)
+    if args.follow:
+        return follow_logs(daemon, path, args)
     text = daemon.call(path, PROCESSOR, "ReadTrace", args.buffer)
     if args.json:
         print_json({"Name": args.name, "Buffer": args.buffer or "trace0", "Text": text})
     else:
         sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
+    return OK
+
+
+def follow_logs(daemon: Daemon, path: str, args: argparse.Namespace) -> int:
+    """`logs -f`: the buffer now, then its new lines until SIGINT/SIGTERM (exit 0).
+
+    The kernel gives snapshots only; `rprocd.trace.TraceFollower` turns them into
+    new lines, and starts afresh when RunningSince changes (a restart: the new
+    run rewrites the buffer from its start). While the buffer is gone (stopped,
+    crashed, recovering) the daemon's reason is printed once on stderr, and
+    following goes on when the firmware runs again. Lines written between the
+    last read and a restart are lost here (the coredump's .trace keeps them)."""
+    from rprocd.trace import TraceFollower
+
+    buffer = args.buffer or "trace0"
+    follower = TraceFollower()
+
+    def emit(lines: list[str]) -> None:
+        for line in lines:
+            if args.json:
+                print(json.dumps({"Name": args.name, "Buffer": buffer, "Line": line}), flush=True)
+            else:
+                print(line, flush=True)
+
+    def running_since() -> int:
+        return int(daemon.call(path, PROPERTIES, "Get", PROCESSOR, "RunningSince"))
+
+    def interrupted(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        since = running_since()  # errors of the first read are the command's
+        emit(follower.feed(daemon.call(path, PROCESSOR, "ReadTrace", args.buffer).encode()))
+        unavailable = ""  # the reason last printed while the buffer cannot be read
+        while True:
+            time.sleep(FOLLOW_INTERVAL)
+            try:
+                before = running_since()
+                text = daemon.call(path, PROCESSOR, "ReadTrace", args.buffer)
+                after = running_since()
+            except CtlError as err:
+                if err.status not in (FAILED, NO_PROCESSOR, NO_DAEMON, TIMEOUT):
+                    raise
+                message = error_line(err, args.name)
+                if message != unavailable:  # once per reason, not every 0.5 s
+                    print(message, file=sys.stderr, flush=True)
+                    unavailable = message
+                continue
+            unavailable = ""
+            if before != after:
+                continue  # (re)started while we read: which run the text is from is unclear
+            if after and after != since:
+                emit(follower.reset())  # the previous run's unfinished last line
+                since = after
+            emit(follower.feed(text.encode()))
+    except KeyboardInterrupt:
+        return OK
+
+
+# --- coredumps: read from CoredumpDirectory= directly (API v1 has no call for them) ---
+
+
+def coredump_store() -> Any:
+    """The daemon's coredump store, where its configuration puts it."""
+    from rprocd import config as cfg
+    from rprocd.coredump import CoredumpStore
+    from rprocd.errors import ConfigError
+    from rprocd.paths import Paths
+
+    paths = Paths.from_environ()
+    try:
+        config = cfg.load(paths)
+    except ConfigError as err:
+        raise CtlError(str(err), FAILED) from None
+    except OSError as err:  # the configuration directory itself is not readable
+        raise CtlError(f"cannot read the configuration in {paths.config_dir}: {err.strerror}",
+                       DENIED if err.errno in (errno.EACCES, errno.EPERM) else FAILED) from None
+    return CoredumpStore(config.manager.coredump_directory, config.processor("*").coredump_keep)
+
+
+def _denied(directory: Path, what: str) -> CtlError:
+    return CtlError(f"cannot read {what} in {directory}: permission denied; the saved "
+                    "coredumps are root's (sudo rprocctl coredump ...)", DENIED)
+
+
+def dump_names(directory: Path) -> list[str]:
+    """The directory's entries; none if it does not exist yet (no dump saved)."""
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    except PermissionError:
+        raise _denied(directory, "the coredumps") from None
+    except OSError as err:
+        raise CtlError(f"cannot read the coredumps in {directory}: {err.strerror}",
+                       FAILED) from None
+
+
+def dump_id(text: str) -> str:
+    """An id as `coredump list` shows it, or a dump's file name or path (LastCoredump)."""
+    name = Path(text).name
+    for suffix in (".core", ".json", ".trace"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def find_dump(store: Any, text: str) -> dict[str, Any]:
+    directory = store.directory
+    dump_names(directory)  # a directory we may not read is exit 4, not "no such dump"
+    ident = dump_id(text)
+    for suffix in (".json", ".core"):
+        file = directory / f"{ident}{suffix}"
+        if os.path.exists(file) and not os.access(file, os.R_OK):
+            raise _denied(directory, file.name)
+    try:
+        return store.get(ident)
+    except KeyError:
+        raise CtlError(f"no coredump '{text}' in {directory}; rprocctl coredump list shows "
+                       "them", FAILED) from None
+
+
+def public(entry: dict[str, Any]) -> dict[str, Any]:
+    """A dump's metadata as saved, plus where its files are."""
+    return {k: v for k, v in entry.items() if k not in ("core_name", "seq")}
+
+
+def size_text(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1024 or unit == "G":
+            return f"{int(value)}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return str(size)
+
+
+def core_names(core: str) -> set[str]:
+    """A core's kernel name; `remoteprocN` is looked up in sysfs (no daemon needed)."""
+    from rprocd.paths import Paths
+
+    names = {core}
+    try:
+        sysfs = Paths.from_environ().sysfs
+        names.add((sysfs / "class" / "remoteproc" / core / "name").read_text().strip())
+    except OSError:
+        pass
+    return names
+
+
+def cmd_coredump_list(args: argparse.Namespace) -> int:
+    store = coredump_store()
+    directory = store.directory
+    names = dump_names(directory)
+    for name in names:
+        if name.endswith(".json") and not name.startswith("."):
+            if not os.access(directory / name, os.R_OK):
+                raise _denied(directory, name)
+    entries = store.list()
+    if args.core:
+        wanted = core_names(args.core)
+        entries = [e for e in entries if e.get("core") in wanted]
+    if args.json:
+        print_json([public(e) for e in entries])
+        return OK
+    if not entries:
+        print(f"no coredumps in {directory}" + (f" of {args.core}" if args.core else ""))
+        return OK
+    rows = [["ID", "CORE", "TIME", "TYPE", "SIZE", "FIRMWARE"]]
+    for e in entries:
+        rows.append([e["id"], str(e.get("core", "")), human("LastCrashTime", e.get("time_usec")),
+                     str(e.get("crash_type") or "-"), size_text(int(e.get("size", 0))),
+                     str(e.get("firmware") or "-")])
+    print(table(rows))
+    return OK
+
+
+def cmd_coredump_show(args: argparse.Namespace) -> int:
+    entry = find_dump(coredump_store(), args.id)
+    if args.json:
+        print_json(public(entry))
+        return OK
+    trace_path = entry.get("trace_path") or ""
+    firmware = str(entry.get("firmware") or "-")
+    if entry.get("firmware_sha256"):
+        firmware += f" (sha256 {entry['firmware_sha256']})"
+    lines = [
+        entry["id"],
+        f"  {'Core:':<11}{entry.get('core', '?')} ({entry.get('device') or '?'})",
+        f"  {'Crash:':<11}{entry.get('crash_type') or 'unknown'}, "
+        f"{human('LastCrashTime', entry.get('time_usec'))}",
+        f"  {'Firmware:':<11}{firmware}",
+        f"  {'Coredump:':<11}{entry['path']}",
+        f"  {'':<11}{entry.get('format', '?')}, {entry.get('size', 0)} bytes, "
+        f"sha256 {entry.get('sha256') or '?'}",
+        f"  {'Trace:':<11}{trace_path or '-'}",
+    ]
+    print("\n".join(lines))
+    if trace_path:
+        try:
+            text = Path(trace_path).read_bytes().decode("utf-8", "replace")
+        except OSError:
+            text = ""
+        tail = [line for line in text.splitlines() if line.strip()][-10:]
+        if tail:
+            print("\n  Last trace lines:")
+            print("\n".join(f"    {line}" for line in tail))
+    return OK
+
+
+def cmd_coredump_export(args: argparse.Namespace) -> int:
+    import hashlib
+
+    to_stdout = args.output in (None, "-")
+    if to_stdout and args.json:
+        raise CtlError("--json needs -o FILE: the dump itself goes to standard output", USAGE)
+    if args.output is None and sys.stdout.isatty():
+        raise CtlError("refusing to write a binary coredump to a terminal; use -o FILE, "
+                       "-o - or a redirection", USAGE)
+    entry = find_dump(coredump_store(), args.id)
+    source = Path(entry["path"])
+    target = None if to_stdout else Path(args.output)
+    if target is not None and target.is_dir():
+        target = target / source.name
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        src = open(source, "rb")  # noqa: SIM115 - closed below, with the target
+    except OSError as err:
+        raise CtlError(f"{source}: {err.strerror}",
+                       DENIED if err.errno in (errno.EACCES, errno.EPERM) else FAILED) from None
+    try:
+        if target is None:
+            out = sys.stdout.buffer
+        else:
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            except OSError as err:
+                raise CtlError(f"{target}: {err.strerror}", FAILED) from None
+            out = os.fdopen(fd, "wb")
+        try:
+            while chunk := src.read(1 << 16):
+                out.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+            out.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as err:
+            raise CtlError(f"{target or 'standard output'}: {err.strerror}", FAILED) from None
+        finally:
+            if target is not None:
+                out.close()
+    finally:
+        src.close()
+    if entry.get("sha256") and digest.hexdigest() != entry["sha256"]:
+        raise CtlError(f"{entry['id']}: the .core does not match the sha256 saved with it; "
+                       "the file was damaged after it was saved", FAILED)
+    if args.json:
+        print_json({"Id": entry["id"], "Output": str(target), "Size": size,
+                    "Sha256": digest.hexdigest()})
     return OK
 
 
@@ -430,7 +697,10 @@ def build_parser() -> argparse.ArgumentParser:
     epilog = "NAME is a kernel name (m4) or a device (remoteproc0).\n" \
         "FIRMWARE with a '/' or naming an existing file is a local file: rprocctl\n" \
         "opens it and hands it to the daemon (ImportFirmware); otherwise it is a\n" \
-        "name in the daemon's firmware search path.\n\nexit status:\n" + "\n".join(
+        "name in the daemon's firmware search path.\n" \
+        "`coredump` reads the daemon's CoredumpDirectory= itself (no daemon needed;\n" \
+        "the dumps are root's). `rprocctl coredump --help` lists its actions.\n\nexit status:\n" \
+        + "\n".join(
             textwrap.fill(text, 76, initial_indent=f"  {code}  ", subsequent_indent="     ")
             for code, text in EXIT_CODES.items())
     common = argparse.ArgumentParser(add_help=False)
@@ -438,6 +708,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="machine-readable output")
     common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, metavar="SEC",
                         help=f"give up waiting for the daemon (default {DEFAULT_TIMEOUT:g})")
+    json_only = argparse.ArgumentParser(add_help=False)  # commands that need no daemon
+    json_only.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                           help="machine-readable output")
     parser = Parser(prog="rprocctl", description="Control remote processors through rprocd.",
                     epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -446,11 +719,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
-    def add(name: str, help_text: str, run: Callable, *arguments: tuple[str, dict]) -> None:
-        cmd = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+    def add(name: str, help_text: str, run: Callable | None, *arguments: tuple[str, dict],
+            daemon: bool = True, where: Any = sub) -> argparse.ArgumentParser:
+        cmd = where.add_parser(name, help=help_text, description=help_text,
+                               parents=[common if where is sub else json_only])
         for arg, options in arguments:
-            cmd.add_argument(arg, **options)
-        cmd.set_defaults(run=run)
+            flags = arg if isinstance(arg, tuple) else (arg,)
+            cmd.add_argument(*flags, **options)
+        cmd.set_defaults(run=run, daemon=daemon)
+        return cmd
 
     name = ("name", {"metavar": "NAME"})
     firmware = ("firmware", {"metavar": "FIRMWARE", "nargs": "?", "default": ""})
@@ -465,11 +742,35 @@ def build_parser() -> argparse.ArgumentParser:
     add("detach", "leave the firmware running without the kernel", operate("Detach", False),
         name)
     add("recover", "recover a crashed processor now", operate("Recover", False), name)
-    add("reset-failed", "clear the failed flag and last error", cmd_reset_failed, name)
+    add("reset-failed", "clear the failed flag, last error and start limit", cmd_reset_failed,
+        name)
     add("inspect", "validate a local firmware FILE, or NAME in the daemon's search path",
-        None, ("target", {"metavar": "FILE|NAME"}))
-    add("logs", "print the processor's trace buffer", cmd_logs, name,
-        ("buffer", {"metavar": "BUFFER", "nargs": "?", "default": ""}))
+        cmd_inspect, ("target", {"metavar": "FILE|NAME"}), daemon=False)
+    add("logs", "print the processor's trace buffer; -f: follow it until Ctrl-C", cmd_logs,
+        name,
+        (("-f", "--follow"), {"action": "store_true",
+                              "help": f"print new lines as they come (read every "
+                                      f"{FOLLOW_INTERVAL:g} s) until Ctrl-C"}),
+        ("--buffer", {"metavar": "BUFFER", "default": "",
+                      "help": "which buffer of TraceBuffers (default trace0)"}))
+    dumps = sub.add_parser(
+        "coredump", help="list, show or export saved coredumps",
+        description="Saved coredumps, read from the daemon's CoredumpDirectory= (no daemon "
+                    "needed; the files are root's).")
+    actions = dumps.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
+    actions.required = True
+    dump = ("id", {"metavar": "ID", "help": "an ID of `coredump list`, or the dump's file"})
+    add("list", "list saved coredumps, newest first (of one processor with NAME)",
+        cmd_coredump_list, ("core", {"metavar": "NAME", "nargs": "?"}), daemon=False,
+        where=actions)
+    add("show", "show a coredump's metadata and the firmware's last trace lines",
+        cmd_coredump_show, dump, daemon=False, where=actions)
+    add("export", "write the coredump (ELF core file) to FILE or standard output",
+        cmd_coredump_export, dump,
+        (("-o", "--output"), {"metavar": "FILE", "default": None,
+                              "help": "where to write it ('-': standard output, also a "
+                                      "terminal; a directory: ID.core in it)"}),
+        daemon=False, where=actions)
     add("monitor", "print state changes, crashes and hotplug until Ctrl-C", cmd_monitor)
     add("reload", "re-read the daemon's configuration", cmd_reload)
     return parser
@@ -480,19 +781,23 @@ def context(args: argparse.Namespace) -> str:
     return str(getattr(args, "name", None) or getattr(args, "target", None) or "")
 
 
+def error_line(err: CtlError, where: str) -> str:
+    """`rprocctl: NAME: message`, one line."""
+    message = " ".join(str(err).split())
+    if where and not message.startswith(f"{where}:") and err.status not in (NO_DAEMON, USAGE):
+        message = f"{where}: {message}"
+    return f"rprocctl: {message}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "inspect":
-            return cmd_inspect(args)
+        if not args.daemon:  # inspect (a local file needs none), coredump
+            return args.run(args)
         return args.run(Daemon(args.timeout), args)
     except CtlError as err:
-        message = " ".join(str(err).split())
-        where = context(args)
-        if where and not message.startswith(f"{where}:") and err.status != NO_DAEMON:
-            message = f"{where}: {message}"
-        print(f"rprocctl: {message}", file=sys.stderr)
+        print(error_line(err, context(args)), file=sys.stderr)
         return err.status
     except BrokenPipeError:
         sys.stderr.close()  # `rprocctl list | head`: not an error

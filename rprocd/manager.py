@@ -59,11 +59,11 @@ class Manager:
         self._ops = ops
         # One coredump store, one set of devcoredump claims and one coredump
         # thread for every core (never a core's worker: see crash.py).
-        # Crash types come from the kernel log (`Paths.kmsg` if the paths name one).
+        # Crash types come from the kernel log (`Paths.kmsg`, RPROCD_KMSG).
         if crash_types is None:
-            from .kmsg import DEFAULT, KernelLog
+            from .kmsg import KernelLog
 
-            crash_types = KernelLog(getattr(paths, "kmsg", DEFAULT))
+            crash_types = KernelLog(paths.kmsg)
         self._crash = CrashServices(
             paths.sysfs, CoredumpStore(config.manager.coredump_directory, 5), crash_types
         )

@@ -32,6 +32,8 @@ class Paths:
     state_dir: Path
     runtime_dir: Path
     interfaces_dir: Path
+    #: the kernel log, where the kernel names crash types (`rprocd.kmsg`)
+    kmsg: Path = Path("/dev/kmsg")
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] = os.environ) -> Paths:
@@ -50,6 +52,7 @@ class Paths:
             state_dir=_first(env.get("STATE_DIRECTORY"), "/var/lib/rprocd"),
             runtime_dir=_first(env.get("RUNTIME_DIRECTORY"), "/run/rprocd"),
             interfaces_dir=Path(interfaces),
+            kmsg=Path(env.get("RPROCD_KMSG") or "/dev/kmsg"),
         )
 
     @property

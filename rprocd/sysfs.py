@@ -16,7 +16,6 @@ from pathlib import Path
 # A read of one of these means the device went away under us.
 GONE_ERRNOS = (errno.ENOENT, errno.ENODEV)
 
-_RPMSG_DEVICE = re.compile(r"^virtio\d+\.(?P<name>.+)\.-?\d+\.-?\d+$")
 _TRACE = re.compile(r"^trace\d+$")
 # The platform device of a vdev resource (v6.1+: rproc-virtio.K[.auto]; before:
 # remoteprocN#vdevKbuffer) and the virtio device under it (ABI §1.1, §3.7).
@@ -118,29 +117,6 @@ class CoreFiles:
             if _VDEV_PARENT.match(parent.name):
                 found += (e.name for e in _subdirs(parent.path) if _VIRTIO.match(e.name))
         return sorted(found)
-
-    def rpmsg_channels(self, exclude: str = "") -> list[str]:
-        """Deprecated, unused: the daemon reads RpmsgChannels with `rpmsg.channels()`
-        (one implementation). Kept only for tests/unit/test_sysfs.py until both go.
-
-        The rpmsg channel names under this core (`rpmsg-tty`, ...), read from sysfs now
-        (udev's attribute cache is stale by design); `exclude` names a device whose
-        `remove` uevent arrived while its directory may still be there."""
-        found = []
-        for dirpath, dirnames, _ in os.walk(self.root):
-            for name in dirnames:
-                m = _RPMSG_DEVICE.match(name)
-                if m and name != exclude:
-                    found.append(self._channel_name(Path(dirpath, name), m.group("name")))
-            if len(Path(dirpath).relative_to(self.root).parts) >= 2:
-                dirnames.clear()  # rproc-virtio.K.auto / virtioM / <rpmsg device>: deep enough
-        return sorted(found)
-
-    def _channel_name(self, device: Path, fallback: str) -> str:
-        try:
-            return self.ops.read(device / "name").decode("utf-8", "replace").strip() or fallback
-        except OSError:
-            return fallback
 
     def platform_device(self) -> tuple[str, str]:
         """(platform device, driver) owning the core, for the 'rebind the driver' advice."""

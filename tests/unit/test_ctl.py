@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -55,7 +56,7 @@ def test_help_documents_the_exit_codes_the_code_uses(capsys):
     assert (ctl.OK, ctl.FAILED, ctl.USAGE, ctl.NO_PROCESSOR, ctl.DENIED, ctl.NO_DAEMON,
             ctl.TIMEOUT) == (0, 1, 2, 3, 4, 5, 6)
     for command in ("list", "status", "start", "stop", "restart", "detach", "recover",
-                    "reset-failed", "inspect", "logs", "monitor", "reload"):
+                    "reset-failed", "inspect", "logs", "coredump", "monitor", "reload"):
         assert command in text
 
 
@@ -174,12 +175,120 @@ def test_inspect_by_name_asks_the_daemon(served, private_bus):
 def test_logs_reload_reset_failed(served, private_bus):
     out = rprocctl(private_bus, "logs", "m33")
     assert (out.returncode, out.stdout) == (0, "[m] booted\n[m] tick 1\n")
-    failed_with(rprocctl(private_bus, "logs", "m33", "trace7"), 1,
+    failed_with(rprocctl(private_bus, "logs", "m33", "--buffer", "trace7"), 1,
                 "m33: no trace buffer 'trace7'; see TraceBuffers")
+    data = json.loads(rprocctl(private_bus, "--json", "logs", "m33", "--buffer", "trace0").stdout)
+    assert data == {"Name": "m33", "Buffer": "trace0", "Text": "[m] booted\n[m] tick 1\n"}
     assert rprocctl(private_bus, "reset-failed", "m33").returncode == 0
     assert rprocctl(private_bus, "reload").returncode == 0
     served.manager.reload_error = Failed("/etc/rprocd/rprocd.conf:3: unknown key 'Foo'")
     failed_with(rprocctl(private_bus, "reload"), 1, "/etc/rprocd/rprocd.conf:3: unknown key 'Foo'")
+
+
+def test_status_shows_the_last_coredump(served, private_bus):
+    path = "/var/lib/rprocd/coredump/m33-20231114T221320-1.core"
+    m33 = served.manager.processors["m33"]
+    served.run(lambda: m33.set(LastCoredump=path, CrashCount=1, LastCrashType="watchdog"))
+    out = rprocctl(private_bus, "status", "m33")
+    assert f"  LastCoredump:    {path}" in out.stdout.splitlines(), out.stdout
+    assert "  LastCrashType:   watchdog" in out.stdout.splitlines()
+
+
+SAVED_TRACE = "/var/lib/rprocd/coredump/m33-20231114T221320-1.trace"
+GONE = ("m33: no trace buffer 'trace0' now (present: none); trace buffers exist while the "
+        "firmware runs and declares them in its resource table; the text before the last "
+        f"crash is in {SAVED_TRACE}")
+
+
+class Trace:
+    """A trace buffer the test rewrites; ReadTrace of the fake core reads it."""
+
+    def __init__(self, served, text: str) -> None:
+        self.served = served
+        self.proc = served.manager.processors["m33"]
+        self.text: str | None = text
+        self.proc.read_trace = self.read
+
+    def read(self, buffer: str) -> str:
+        from rprocd.errors import BadState
+
+        if self.text is None:
+            raise BadState(GONE)
+        return self.text
+
+    def set(self, text: str | None, **props) -> None:
+        """New buffer content (None: gone) and properties, at once on the loop."""
+
+        def change() -> None:
+            self.text = text
+            if props:
+                self.proc.set(**props)
+
+        self.served.run(change)
+
+
+def test_logs_names_the_saved_trace_when_the_buffer_is_gone(served, private_bus):
+    Trace(served, None)
+    failed_with(rprocctl(private_bus, "logs", "m33"), 1, GONE)
+
+
+def _follow(bus, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": bus.address}
+    proc = subprocess.Popen([sys.executable, "-m", "rprocd.ctl", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(60, proc.kill)  # a blocked readline() ends at EOF, not never
+    watchdog.daemon = True
+    watchdog.start()
+    return proc
+
+
+def test_logs_follow_prints_new_lines_across_restarts_until_sigint(served, private_bus):
+    trace = Trace(served, "boot\nline 1\n")
+    served.run(lambda: trace.proc.set(RunningSince=1_700_000_000_000_000))
+    proc = _follow(private_bus, "logs", "m33", "-f")
+    try:
+        assert _lines(proc, 2) == ["boot", "line 1"]
+        trace.set("boot\nline 1\nline 2\nhalf a li")
+        assert _lines(proc, 1) == ["line 2"]
+        trace.set("boot\nline 1\nline 2\nhalf a line\n")
+        assert _lines(proc, 1) == ["half a line"]
+        # A crash: the buffer goes; the daemon's reason names the saved trace, once.
+        trace.set(None, RunningSince=0, State="crashed")
+        assert proc.stderr.readline() == f"rprocctl: {GONE}\n"
+        # The kernel's recovery restarts the firmware: a new run, from its start.
+        trace.set("boot\nunfinished", RunningSince=1_700_000_100_000_000, State="running")
+        assert _lines(proc, 1) == ["boot"]
+        # Restarted again before the line ended: it comes out as it is.
+        trace.set("boot\n", RunningSince=1_700_000_200_000_000)
+        assert _lines(proc, 2) == ["unfinished", "boot"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+        assert proc.stdout.read() == ""
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_logs_follow_json_and_sigterm(served, private_bus):
+    trace = Trace(served, "<3>boom\n")
+    proc = _follow(private_bus, "--json", "logs", "m33", "--follow", "--buffer", "trace0")
+    try:
+        (line,) = _lines(proc, 1)
+        assert json.loads(line) == {"Name": "m33", "Buffer": "trace0", "Line": "<3>boom"}
+        trace.set("<3>boom\nagain\n")
+        assert json.loads(_lines(proc, 1)[0])["Line"] == "again"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_logs_follow_errors_before_following_are_the_commands(served, private_bus):
+    failed_with(rprocctl(private_bus, "logs", "m9", "-f"), 3,
+                "m9: no such processor; rprocctl list shows them")
+    Trace(served, None)
+    failed_with(rprocctl(private_bus, "logs", "m33", "-f"), 1, GONE)
 
 
 def _monitor(bus, *extra: str) -> subprocess.Popen:

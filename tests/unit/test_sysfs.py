@@ -74,19 +74,6 @@ def test_missing_attribute_versus_gone_device(core: CoreFiles) -> None:
         core.read_optional("recovery")
 
 
-def test_rpmsg_channels_from_sysfs(core: CoreFiles) -> None:
-    virtio = core.root / "rproc-virtio.0.auto" / "virtio0"
-    (virtio / "virtio0.rpmsg-tty.-1.1024").mkdir(parents=True)
-    named = virtio / "virtio0.rpmsg_ctrl.0.0"
-    named.mkdir()
-    (named / "name").write_text("rpmsg_ctrl\n")
-    (virtio / "virtio0.rpmsg-tty.-1.1024" / "power").mkdir()
-    legacy = core.root / "remoteproc0#vdev0buffer" / "virtio1" / "virtio1.rpmsg-raw.1025.53"
-    legacy.mkdir(parents=True)
-    assert core.rpmsg_channels() == ["rpmsg-raw", "rpmsg-tty", "rpmsg_ctrl"]
-    assert core.rpmsg_channels(exclude="virtio0.rpmsg-tty.-1.1024") == ["rpmsg-raw", "rpmsg_ctrl"]
-
-
 def test_trace_buffers_in_numeric_order(core: CoreFiles) -> None:
     assert core.trace_buffers() == []  # no debugfs
     debug = core.debug_dir
