@@ -1,0 +1,1 @@
+"""Emulator conformance tests (a package, so module names do not clash with tests/unit)."""
