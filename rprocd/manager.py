@@ -178,15 +178,27 @@ class Manager:
     def inspect_firmware(self, name: str) -> dict:
         """The validator's report of `name` as the search path resolves it."""
         from rprocd.firmware import read_target, resolve, search_dirs, validate_file
+        from rprocd.firmware.findings import NOTE
 
         path = resolve(name, search_dirs(self.paths, self.config.manager.firmware_directories))
-        proc = self._core_for(name)
-        target = (
-            read_target(self.paths, proc.device, proc.name, proc.config.require_resource_table)
-            if proc
-            else None
-        )
-        return validate_file(path, target).to_dict()
+        meant = self._core_for(name)
+        candidates = [meant] if meant else list(self.processors.values())
+        reports = [
+            validate_file(path, read_target(self.paths, p.device, p.name,
+                                            p.config.require_resource_table))
+            for p in candidates
+        ]
+        if not reports:
+            return validate_file(path, None).to_dict()
+        # Fewest errors wins: an image linked for the m33 is judged as the m33's,
+        # so a segment outside every core's memory is still named.
+        best = min(range(len(reports)), key=lambda i: len(reports[i].errors))
+        report = reports[best]
+        if meant is None and len(candidates) > 1:
+            report.add(NOTE, "core-guessed",
+                       f"no core is configured for '{name}': checked against "
+                       f"{candidates[best].name}, the core it fits best")
+        return report.to_dict()
 
     def import_firmware(self, fd: int, name: str, done: ImportDone) -> None:
         """Validate and copy the image open on `fd` (ours from now on; closed here)

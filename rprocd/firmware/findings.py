@@ -35,6 +35,7 @@ CODES = {
     "entry-outside": "the entry point is in no loaded segment",
     "boot-vector": "the kernel will not find the vector table the core boots from",
     "no-memory-map": "the kernel gives no memory map: placement not checked",
+    "core-guessed": "no core is configured for the image: checked against the best fit",
     # the resource table
     "no-resource-table": "no .resource_table section",
     "rsc-truncated": "the table section lies past the end of the file",

@@ -131,6 +131,9 @@ class Testbed:
             kind = "bus" if subsystem in BUSES else "class"
             self.tree.add_symlink(f"{rel}/subsystem",
                                   _relative(f"/sys/{kind}/{subsystem}", f"{syspath}/subsystem"))
+            if kind == "class" and parent is not None:
+                # device_add_class_symlinks: a class device links to its parent.
+                self.tree.add_symlink(f"{rel}/device", _relative(parent, f"{syspath}/device"))
             entry = (f"/sys/bus/{subsystem}/devices/{name}" if kind == "bus"
                      else f"/sys/class/{subsystem}/{name}")
             self.tree.add_symlink(_rel(entry), _relative(syspath, entry))

@@ -256,8 +256,16 @@ def test_inspect_firmware_uses_the_core_the_firmware_is_for(
     seen: list[object] = []
 
     class Report:
+        def __init__(self, target: str) -> None:
+            # The image fits the m0 only: the m4's report has an error.
+            self.errors = ["segment-outside"] if target == "m4" else []
+            self.findings: list[tuple[str, str, str]] = []
+
+        def add(self, severity: str, code: str, message: str) -> None:
+            self.findings.append((severity, code, message))
+
         def to_dict(self) -> dict:
-            return {"format": "ELF"}
+            return {"errors": len(self.errors), "findings": self.findings}
 
     monkeypatch.setattr(firmware, "search_dirs", lambda p, extra=(): [Path("/fw")])
     monkeypatch.setattr(firmware, "resolve", lambda name, dirs: dirs[0] / name)
@@ -265,13 +273,17 @@ def test_inspect_firmware_uses_the_core_the_firmware_is_for(
         firmware, "read_target", lambda p, dev, name, rrt: seen.append(name) or name
     )
     monkeypatch.setattr(
-        firmware, "validate_file", lambda path, target: seen.append(target) or Report()
+        firmware, "validate_file", lambda path, target: seen.append(target) or Report(target)
     )
-    assert m.inspect_firmware("rproc-m0-fw") == {"format": "ELF"}
+    assert m.inspect_firmware("rproc-m0-fw") == {"errors": 0, "findings": []}
     assert seen == ["m0", "m0"]
     seen.clear()
-    m.inspect_firmware("other.elf")  # two cores, none meant: no target
-    assert seen == [None]
+    # No core is meant: judged against every core, the best fit reported with a note.
+    report = m.inspect_firmware("other.elf")
+    assert seen == ["m4", "m4", "m0", "m0"]
+    assert report["errors"] == 0
+    assert [(sev, code) for sev, code, _ in report["findings"]] == [("note", "core-guessed")]
+    assert "m0" in report["findings"][0][2]
 
 
 def test_autostart_with_a_coredump_mode_to_apply_is_not_busy(
