@@ -466,6 +466,7 @@ class Processor:
         previous = self.files.read_optional("firmware") if state == "running" else ""
         switching = state in ACTIVE and new != previous
         self._begin("switching" if switching else "stopping" if state in ACTIVE else "starting")
+        self._check_name(new)
         if self.config.validate:
             yield _Io(partial(self._validate, new))  # a bad image never stops a good one
         if state in ACTIVE:
@@ -535,6 +536,8 @@ class Processor:
     # -- steps shared by plans -------------------------------------------
 
     def _boot_steps(self, firmware: str, validate: bool) -> Plan:
+        if firmware is not None:
+            self._check_name(firmware)
         if validate and self.config.validate:
             yield _Io(partial(self._validate, firmware))
         try:
@@ -612,6 +615,16 @@ class Processor:
         if state != "offline":
             raise Failed(f"{self.name}: the kernel accepted 'stop' but the core is {state}")
         self.log(logging.INFO, "%s: stopped", self.name, event=events.STOPPED)
+
+    def _check_name(self, firmware: str) -> None:
+        """Hostile names never reach the kernel, whatever Validate= says: old
+        kernels follow '..' out of /lib/firmware and cut a name at its newline."""
+        from rprocd.firmware import check_name
+
+        try:
+            check_name(firmware)
+        except RprocError as error:
+            raise self._named(error) from None
 
     # -- worker side: kernel I/O only ---------------------------------------
 

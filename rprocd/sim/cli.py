@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -351,7 +351,7 @@ class Sim:
 
     def _stop_daemon(self) -> None:
         timeout = float(os.environ.get(STOP_TIMEOUT_ENV, "20"))
-        problem = self.daemon.stop(timeout)
+        problem = self.daemon.stop(timeout, release=self.kernel.shutdown)
         if problem:
             self.unhealthy = True
             print(f"{PROG}: the daemon {problem}; its log ({self.log_path}):\n"
@@ -595,8 +595,9 @@ class Daemon:
                 return
             self._handle(data)
 
-    def stop(self, timeout: float) -> str | None:
-        """SIGTERM and wait; None when it exited 0, else what went wrong."""
+    def stop(self, timeout: float, release: Callable[[], None] | None = None) -> str | None:
+        """SIGTERM and wait; None when it exited 0, else what went wrong.
+        `release` wakes whatever the emulated kernel still blocks."""
         if self._proc is None:
             return None
         problem = None
@@ -609,6 +610,10 @@ class Daemon:
                 status = self._proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
+                if release is not None:
+                    # A process killed inside a write the emulated kernel still
+                    # holds (`hang`) only dies once the write is answered.
+                    release()
                 self._proc.wait()
                 problem = f"did not exit within {timeout:g} s of SIGTERM (killed)"
             else:

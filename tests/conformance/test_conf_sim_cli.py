@@ -281,6 +281,23 @@ def test_daemon_ignoring_sigterm_is_killed_and_status_70() -> None:
     assert "did not exit within 1 s of SIGTERM" in done.stderr
 
 
+def test_daemon_stuck_in_a_hung_kernel_write_does_not_hang_teardown() -> None:
+    # The daemon's worker blocks in `stop` on a core whose write the emulated
+    # kernel holds; killed, it can only die once the write is answered.
+    firmware = Path(__file__).resolve().parents[1] / "firmware" / "build" / "m4-good.elf"
+    script = (
+        "rprocctl start m4 m4-good.elf >/dev/null && "
+        'echo 1 > "$RPROCD_SIM_CONTROL/remoteproc0/hang" && '
+        "(rprocctl stop m4 >/dev/null 2>&1 &) ; sleep 0.5"
+    )
+    done = sim("--daemon", "--firmware", str(firmware), cmd=["sh", "-c", script],
+               env={"RPROCD_SIM_STOP_TIMEOUT": "1",
+                    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+               timeout=60)
+    assert done.returncode == 70, done.stderr
+    assert "did not exit within 1 s of SIGTERM" in done.stderr
+
+
 def test_cmd_status_wins_over_the_daemon() -> None:
     done = sim("--daemon", cmd=["sh", "-c", "exit 4"], env=fake_daemon("badexit"))
     assert done.returncode == 4
