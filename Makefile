@@ -20,7 +20,7 @@ lint:
 	$(VENV)/bin/ruff check rprocd tests
 
 bench: setup
-	$(PY) -m tests.bench
+	$(PY) -m tests.bench.bench_firmware
 
 install:
 	./scripts/install.sh --destdir "$(DESTDIR)"
