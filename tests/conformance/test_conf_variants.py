@@ -37,8 +37,7 @@ def test_generic_board_layout(generic: RunningSim) -> None:
     core = generic_core(generic, 1)
     assert core.attr("name") == "core1\n"
     assert "fw_format" not in generic.listdir(core.sysfs)  # mainline: no such attribute
-    assert generic.realpath(f"{core.sysfs}/device") if generic.exists(
-        f"{core.sysfs}/device") else True
+    assert generic.realpath(f"{core.sysfs}/..") == "/sys/devices/platform/soc/1.rproc/remoteproc"
 
 
 def test_attached_core_lifecycle(generic: RunningSim) -> None:
