@@ -247,6 +247,7 @@ class Episode:
     timer: int = 0
     failed: bool = False  # this crash set Failed (not the start limit)
     offline_since: float = 0.0
+    next_run_read: bool = False  # the trace read at the crash showed the next run already
 
 
 class CrashSupervisor:
@@ -265,6 +266,7 @@ class CrashSupervisor:
         self._settings_busy = False
         self._settings_again = False
         self._refused: set[tuple[str, str]] = set()  # writes the kernel refused (warned once)
+        self._trace_restarted = False  # the next run's virtio add restarted the trace already
         self._closed = False
 
     # -- queries -------------------------------------------------------------
@@ -373,10 +375,13 @@ class CrashSupervisor:
         p = self.proc
         was_active = old in ACTIVE
         if new in ACTIVE and not was_active:  # a run begins
-            if self.open:
+            recovering = self.open
+            if recovering:
                 self.recovered()
             self.virtio.run_started(p.virtio_now)
-            p.trace.restart()
+            if not self._trace_restarted:  # (once per run: a second reset repeats lines)
+                p.trace.restart(recovered=recovering)
+            self._trace_restarted = False
         elif was_active and new not in ACTIVE:  # a run ends
             if new == "crashed" or (new == "offline" and not p.operation and not stopped_outside):
                 self.crashed(old, new)
@@ -414,7 +419,8 @@ class CrashSupervisor:
         if not self.virtio.added(device) or not self.open:
             return
         self.recovered(by_uevent=True)  # the kernel starts the next run (`state` may
-        p.trace.restart()  # read offline a little longer: its devices are probed first)
+        p.trace.restart(recovered=True)  # read offline a little longer: its devices are
+        self._trace_restarted = True  # probed first)
         if p.state == "crashed":
             self.crashed("running", "crashed")  # ... which crashed already
 
@@ -429,7 +435,7 @@ class CrashSupervisor:
         if episode is None:  # a crash seen only through its dump
             if self.open:  # a second dump: the crashed core ran again and crashed again
                 self.recovered(by_uevent=True)
-                self.proc.trace.restart()
+                self.proc.trace.restart(recovered=True)
             state = self.proc.state
             episode = self.crashed(
                 "running" if state in ACTIVE else state, state,
@@ -437,7 +443,9 @@ class CrashSupervisor:
             )
         else:
             episode.devcd = devcd
-        self._collect(episode)
+            if episode.open:
+                self._last_words(episode)
+        self._collect(episode)  # (inline mode: the recovery goes on once it is dismissed)
 
     def scan_dumps(self) -> None:
         """Dumps whose uevent was missed or is still to come."""
@@ -478,15 +486,22 @@ class CrashSupervisor:
         `devcd`: seen through this dump (the caller collects it)."""
         p = self.proc
         props = p._props
+        self._trace_restarted = False
         self.virtio.run_ended(p.virtio_now if already_running else (), None if expect else False)
         crash_type = self.services.crash_type(p.device, p.name)
         when = p.clock()
-        if state == "crashed":
-            p.trace.read(p.trace_buffers)  # the last words, while the kernel has them
-        last_trace = p.trace.text(recovered=already_running)
-        tail = p.trace.tail(recovered=already_running)
+        recovered = already_running
+        if not already_running:
+            # The last words, while the kernel has them: crashed, or offline in
+            # its recovery (which, in inline mode, waits for the dump we have
+            # not collected yet). A buffer that started over may show the next
+            # run (the state read a moment ago may be stale already): its text
+            # from before is kept (for a wrap, that is the previous lap).
+            recovered = p.trace.read(p.trace_buffers)
+        last_trace = p.trace.text(recovered=recovered)
+        tail = p.trace.tail(recovered=recovered)
         if already_running:  # the buffer holds the next run's text by now
-            p.trace.restart()
+            p.trace.restart(recovered=True)
         mode = str(props["CoredumpMode"])
         episode = Episode(
             number=int(props["CrashCount"]) + 1,
@@ -496,6 +511,7 @@ class CrashSupervisor:
             trace=last_trace,
             expects_dump=mode != "disabled",
             devcd=devcd,
+            next_run_read=recovered,
         )
         self.episodes.append(episode)
         p._update({"CrashCount": episode.number, "LastCrashType": crash_type,
@@ -509,6 +525,18 @@ class CrashSupervisor:
         elif not devcd:
             self.scan_dumps()
         return episode
+
+    def _last_words(self, episode: Episode) -> None:
+        """The dump of the open `episode` came: read its trace once more before
+        the dump is collected and dismissed (in inline mode the kernel keeps
+        the crashed run's buffer until then)."""
+        p = self.proc
+        if p.state in ACTIVE or episode.next_run_read:
+            return
+        if p.trace.read(p.trace_buffers):
+            episode.next_run_read = True
+            return  # the next run's text by now: the text read at the crash stays
+        episode.trace = p.trace.text() or episode.trace
 
     def recovered(self, by_uevent: bool = False) -> None:
         """The core runs again: the open episode ends."""

@@ -8,9 +8,11 @@ forwarded (TraceForward=yes) under the core's own identifier (`journalctl -t
 m4`), with the priority the line carries (`<3>`, Zephyr's `<err>`).
 
 At a crash the last text matters most: the buffer is read one last time while
-the kernel still has it (state `crashed`), and when the kernel recovered
-before we looked, the text of the previous read is what is left (the new run
-rewrites the buffer). `text()` gives it, `restart()` then starts afresh.
+the kernel still has it (state `crashed`, or `offline` while its recovery
+waits for an inline dump), and when the kernel recovered before we looked,
+the text of the previous read is what is left (the new run rewrites the
+buffer). `text()` gives it, `restart()` then starts afresh, except for a
+buffer already read in the next run (its lines were forwarded once).
 
 Runs on the main loop: a debugfs read is a memory copy in the kernel.
 """
@@ -40,8 +42,10 @@ class TraceLog:
         self._raw: dict[str, bytes] = {}  # last snapshot per buffer (up to its NUL)
         self._before: dict[str, tuple[float, bytes]] = {}  # text before the last start-over
 
-    def read(self, buffers: Iterable[str]) -> None:
-        """Feed the current content of `buffers`; forward the lines completed since."""
+    def read(self, buffers: Iterable[str]) -> bool:
+        """Feed the current content of `buffers`; forward the lines completed since.
+        True if a buffer started over (a wrap, or the next run already)."""
+        started_over = False
         for buffer in buffers:
             data = self._snapshot(buffer)
             if data is None:
@@ -52,8 +56,10 @@ class TraceLog:
                 # started over: a wrap, or the next run (a recovery we have not
                 # seen yet): keep what was there for the crash report
                 self._before[buffer] = (time.monotonic(), follower.text())
+                started_over = True
             self._raw[buffer] = cur
             self._emit(follower.feed(data))
+        return started_over
 
     def prime(self, buffers: Iterable[str]) -> None:
         """Take what `buffers` hold as already forwarded (a core adopted after a
@@ -64,17 +70,27 @@ class TraceLog:
                 self._follower(buffer).prime(data)
                 self._raw[buffer] = data.split(b"\0", 1)[0]
 
-    def restart(self) -> None:
+    def restart(self, recovered: bool = False) -> None:
         """The firmware (re)started: every buffer starts afresh. The unfinished last
-        line of the previous run goes out as it is."""
-        for follower in self._followers.values():
+        line of the previous run goes out as it is.
+
+        `recovered`: the kernel restarted it after a crash, perhaps before we
+        noticed; a buffer seen starting over within `RESTART_WINDOW` was read
+        in the next run already: its follower goes on as it is (its lines went
+        out; a reset would forward them again)."""
+        now = time.monotonic()
+        for name, follower in self._followers.items():
+            before = self._before.get(name)
+            if recovered and before is not None and now - before[0] < RESTART_WINDOW:
+                continue
             self._emit(follower.reset())
-        self._raw.clear()
+            self._raw.pop(name, None)
         self._before.clear()
 
     def stopped(self) -> None:
         """The buffers are gone (stop, detach): flush and forget them."""
         self.restart()
+        self._raw.clear()
         self._followers.clear()
 
     def text(self, recovered: bool = False) -> bytes | None:

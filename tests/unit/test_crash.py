@@ -423,6 +423,24 @@ def test_inline_mode_with_the_kernels_recovery(kernel: FakeKernel, tmp_path: Pat
     assert r.rec.crashes[0][2].endswith(".core") and r.props["CrashCount"] == 1
 
 
+def test_inline_mode_saves_the_trace_up_to_the_crash(kernel: FakeKernel, tmp_path: Path) -> None:
+    """The recovery waits for the inline dump, so the crashed run's buffer is
+    still there while `state` reads offline: it is read before the dump is
+    dismissed, not left at the last poll's snapshot."""
+    r = rig(kernel, booted(kernel), tmp_path, coredump="inline")
+    r.core.log("polled")
+    r.proc.poll()
+    r.core.log("last line before the crash")  # no poll after this one
+    worker = r.core.report_crash_async()
+    spin(lambda: r.hints() >= 0 and r.core.state == "running" and r.rec.crashes)
+    worker.join(1)
+    trace = Path(r.rec.crashes[0][2]).with_suffix(".trace").read_bytes()
+    assert b"last line before the crash" in trace and b"boot #2" not in trace
+    r.proc.poll()
+    messages = [line["MESSAGE"] for line in r.rec.lines]
+    assert messages == ["boot #1", "polled", "last line before the crash", "boot #2"]
+
+
 def test_inline_mode_with_restart_on_crash_never_deadlocks(
     kernel: FakeKernel, tmp_path: Path
 ) -> None:
@@ -545,6 +563,48 @@ def test_last_words_when_the_kernel_recovered_before_we_looked(
     trace = Path(r.rec.crashes[0][2]).with_suffix(".trace").read_bytes()
     assert b"stack overflow in task A" in trace and b"boot #2" not in trace
     assert [line["MESSAGE"] for line in r.rec.lines][-1] == "boot #2"
+
+
+def test_a_line_read_in_the_next_run_before_the_crash_is_seen_goes_out_once(
+    kernel: FakeKernel, tmp_path: Path
+) -> None:
+    """A poll reads the next run's banner before the virtio removal tells of the
+    crash: the follower is not reset then, so the banner is not forwarded again."""
+    r = rig(kernel, booted(kernel), tmp_path, coredump="enabled")
+    r.core.log("before")
+    r.proc.poll()
+    r.core.report_crash()  # recovered at once: trace0 holds "boot #2" now
+    r.proc.poll()  # the state reads running: forwards "boot #2"
+    r.hints()
+    spin(lambda: r.rec.crashes)
+    r.core.log("after")
+    r.proc.poll()
+    r.proc.refresh()
+    assert [line["MESSAGE"] for line in r.rec.lines] == ["boot #1", "before", "boot #2", "after"]
+    trace = Path(r.rec.crashes[0][2]).with_suffix(".trace").read_bytes()
+    assert b"before" in trace and b"boot #2" not in trace
+
+
+def test_the_next_runs_banner_read_while_offline_goes_out_once(
+    kernel: FakeKernel, tmp_path: Path
+) -> None:
+    """The crash is first seen offline while the next run already wrote its
+    banner: read then (the last words), its virtio add and then `running`
+    restart the trace without forwarding the banner again."""
+    r = rig(kernel, booted(kernel), tmp_path, coredump="enabled")
+    r.core.log("before")
+    r.proc.poll()
+    for step in r.core.crash_steps():
+        if step == "starting":  # the next run's trace is there, the state reads offline
+            r.proc.poll()
+            r.hints()
+    r.proc.poll()
+    spin(lambda: r.rec.crashes)
+    r.core.log("after")
+    r.proc.poll()
+    assert [line["MESSAGE"] for line in r.rec.lines] == ["boot #1", "before", "boot #2", "after"]
+    trace = Path(r.rec.crashes[0][2]).with_suffix(".trace").read_bytes()
+    assert b"before" in trace and b"boot #2" not in trace
 
 
 def test_read_trace(kernel: FakeKernel, tmp_path: Path) -> None:
