@@ -33,12 +33,11 @@ except ModuleNotFoundError:  # tests/integration became a package
     from tests.integration.test_packaging import install_tree
 
 from rprocd import events
+from tests.journald import JOURNALD, START
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "systemd" / "rprocd.catalog"
 EVENTS = {name: value for name, value in vars(events).items() if name.isupper()}
-JOURNALD = next((p for p in ("/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald")
-                 if os.access(p, os.X_OK)), None)
 
 needs_journald = pytest.mark.skipif(
     JOURNALD is None or not shutil.which("unshare") or not shutil.which("journalctl")
@@ -94,31 +93,7 @@ def test_journalctl_compiles_and_lists_the_catalog(catalog_root: Path):
 
 
 # Runs inside `unshare --user --map-root-user --mount --net`.
-NAMESPACE_SCRIPT = r"""
-set -eu
-mount --make-rprivate /
-mount -t tmpfs tmpfs /run/systemd
-mount -t tmpfs tmpfs /run/log
-mkdir -p /run/log/journal
-mount --bind "$JDIR" /run/log/journal
-mount -t tmpfs tmpfs /etc/systemd
-cat > /etc/systemd/journald.conf <<EOF
-[Journal]
-Storage=volatile
-RateLimitBurst=0
-ForwardToSyslog=no
-ForwardToWall=no
-MaxLevelStore=debug
-EOF
-
-"$JOURNALD" > "$OUT/journald.log" 2>&1 &
-jpid=$!
-i=0
-while [ ! -S /run/systemd/journal/socket ]; do
-    i=$((i + 1))
-    [ "$i" -lt 400 ] || { echo "journald did not open its socket" >&2; exit 90; }
-    sleep 0.05
-done
+NAMESPACE_SCRIPT = START + r"""
 
 "$PYTHON" -c "$LOGGER"
 journalctl --sync

@@ -30,10 +30,9 @@ except ModuleNotFoundError:  # tests/integration became a package
     from tests.integration.test_api_board import needs_sim
 
 from rprocd import events
+from tests.journald import JOURNALD, START
 
 REPO = Path(__file__).resolve().parents[2]
-JOURNALD = next((p for p in ("/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald")
-                 if os.access(p, os.X_OK)), None)
 
 pytestmark = [needs_sim, pytest.mark.skipif(
     JOURNALD is None or not shutil.which("unshare") or not shutil.which("journalctl")
@@ -41,31 +40,7 @@ pytestmark = [needs_sim, pytest.mark.skipif(
     reason="needs root, unshare, journalctl, systemd-journald and /etc/systemd",
 )]
 
-NAMESPACE_SCRIPT = r"""
-set -eu
-mount --make-rprivate /
-mount -t tmpfs tmpfs /run/systemd
-mount -t tmpfs tmpfs /run/log
-mkdir -p /run/log/journal
-mount --bind "$JDIR" /run/log/journal
-mount -t tmpfs tmpfs /etc/systemd
-cat > /etc/systemd/journald.conf <<EOF
-[Journal]
-Storage=volatile
-RateLimitBurst=0
-ForwardToSyslog=no
-ForwardToWall=no
-MaxLevelStore=debug
-EOF
-
-"$JOURNALD" > "$OUT/journald.log" 2>&1 &
-jpid=$!
-i=0
-while [ ! -S /run/systemd/journal/socket ]; do
-    i=$((i + 1))
-    [ "$i" -lt 400 ] || { echo "journald did not open its socket" >&2; exit 90; }
-    sleep 0.05
-done
+NAMESPACE_SCRIPT = START + r"""
 
 status=0
 "$PYTHON" -c "$DRIVER" || status=$?
