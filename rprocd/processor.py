@@ -410,9 +410,12 @@ class Processor:
         if not self._blocked:
             self._update({"Operation": ""})
         if error is None:
-            self._update({"Failed": False})
             if acted and not self._auto:
                 self.crash.rearm()
+            # An automatic restart that completes after a later crash hit the
+            # start limit must not clear the limit's Failed.
+            if not self.crash.limited:
+                self._update({"Failed": False})
         elif acted:
             self._update({"Failed": True, "LastError": str(error)})
             level = logging.WARNING if isinstance(error, Timeout) else logging.ERROR
