@@ -33,6 +33,7 @@ from gi.repository import Gio, GLib  # noqa: E402
 
 from rprocd.errors import BadState, Failed, FirmwareNotFound, InvalidArgs, NoSuchProcessor  # noqa: E402
 from rprocd.naming import escape  # noqa: E402
+from rprocd.sim.bus import bus_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -210,35 +211,6 @@ def two_cores() -> FakeManager:
 
 # --- a private system-like bus -------------------------------------------------
 
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus"
-           send_interface="org.freedesktop.DBus.Introspectable"/>
-  </policy>
-  <policy user="root">
-    <allow own="org.freedesktop.PolicyKit1"/>
-    <allow send_destination="org.freedesktop.PolicyKit1"/>
-  </policy>
-  <include>{policy}</include>
-</busconfig>
-"""
-
 
 class PrivateBus:
     def __init__(self) -> None:
@@ -246,8 +218,8 @@ class PrivateBus:
         self.dir = Path(tempfile.mkdtemp(prefix="rprocd-bus-test-"))
         self.dir.chmod(0o755)
         config = self.dir / "bus.conf"
-        config.write_text(BUS_CONFIG.format(socket=self.dir / "socket",
-                                            policy=REPO / "dbus" / "org.rprocd1.conf"))
+        # The emulator's system bus: Debian's defaults plus the project's policy.
+        config.write_text(bus_config(self.dir / "socket", REPO / "dbus" / "org.rprocd1.conf"))
         self.process = subprocess.Popen(
             ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
