@@ -534,7 +534,8 @@ class Processor:
             raise Failed(
                 f"{self.name}: the kernel's recovery left the core {state}; {self._rebind_advice()}"
             )
-        self.log(logging.INFO, "%s: recovered", self.name, event=events.RECOVERED)
+        # The RECOVERED journal entry comes from the crash supervision, which
+        # ends the crash episode however the core came back.
 
     # -- steps shared by plans -------------------------------------------
 

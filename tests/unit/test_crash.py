@@ -258,7 +258,7 @@ def test_restart_on_crash_recovers_after_restart_sec(
 
 
 def test_restart_no_leaves_it_crashed_until_recover(
-    kernel: FakeKernel, tmp_path: Path
+    kernel: FakeKernel, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     r = rig(kernel, booted(kernel), tmp_path, restart="no")
     assert r.core.get("recovery") == "disabled"
@@ -274,6 +274,7 @@ def test_restart_no_leaves_it_crashed_until_recover(
     assert call(r.proc.recover) is None
     assert r.props["State"] == "running" and r.props["Failed"] is False
     assert r.props["CrashCount"] == 1
+    assert len(journal(caplog, events.RECOVERED)) == 1  # one entry per recovery
 
 
 def test_stop_of_a_crashed_core_cancels_the_automatic_restart(
