@@ -11,7 +11,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+# A source checkout keeps the interface XML in dbus/ beside the package. When
+# installed, the package's parent is site-packages, whose dbus/ is dbus-python
+# (python3-dbus on Debian): only a dbus/ holding our XML is the checkout's.
 _REPO_INTERFACES = Path(__file__).resolve().parent.parent / "dbus"
+
+
+def _default_interfaces() -> Path:
+    if (_REPO_INTERFACES / "org.rprocd1.Manager.xml").is_file():
+        return _REPO_INTERFACES
+    return Path("/usr/share/dbus-1/interfaces")
 
 
 def _first(value: str | None, default: str) -> Path:
@@ -37,13 +46,7 @@ class Paths:
 
     @classmethod
     def from_environ(cls, env: Mapping[str, str] = os.environ) -> Paths:
-        interfaces = env.get("RPROCD_INTERFACES_DIR")
-        if not interfaces:
-            interfaces = (
-                str(_REPO_INTERFACES)
-                if _REPO_INTERFACES.is_dir()
-                else "/usr/share/dbus-1/interfaces"
-            )
+        interfaces = env.get("RPROCD_INTERFACES_DIR") or _default_interfaces()
         return cls(
             sysfs=Path(env.get("RPROCD_SYSFS") or "/sys"),
             debugfs=Path(env.get("RPROCD_DEBUGFS") or "/sys/kernel/debug"),

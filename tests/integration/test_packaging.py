@@ -8,19 +8,27 @@ completion are hand-written; tests here hold them to the code (config keys,
 rprocctl commands and exit codes, D-Bus members, MESSAGE_IDs).
 
 `install_tree()` and the fixture `installed` are shared with test_systemd.py and
-test_journal.py. The Debian build copies the tree to a temporary directory;
-nothing is written into the repository.
+test_journal.py. The Debian build (once per run) copies the tree to a temporary
+directory; nothing is written into the repository. The built packages are then
+installed on this machine with `apt-get install ./rprocd_*.deb` (as root; apt
+resolves the Depends from the archive), checked where Debian's systemd, dbus,
+polkitd, udev and journalctl read, run on the emulated board (rprocd-sim with
+RPROCD_SIM_DAEMON_CMD=/usr/bin/rprocd), and purged: the teardown checks that the
+machine is left as it was found.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -346,9 +354,16 @@ def copy_tree(dest: Path) -> None:
     shutil.copytree(REPO, dest, symlinks=True, ignore=ignore)
 
 
-@pytest.mark.skipif(not shutil.which("dpkg-buildpackage"), reason="not a Debian system")
-def test_debian_package_builds_and_lists_the_installed_layout(tmp_path: Path):
-    src = tmp_path / "rprocd"
+needs_dpkg = pytest.mark.skipif(not shutil.which("dpkg-buildpackage"),
+                                reason="not a Debian system")
+
+
+@pytest.fixture(scope="module")
+def debian_packages(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(rprocd.deb, rprocd-st-compat.deb), built once per run from a copy of
+    the working tree with packaging/debian as debian/."""
+    out = tmp_path_factory.mktemp("deb")
+    src = out / "rprocd"
     copy_tree(src)
     shutil.copytree(REPO / "packaging" / "debian", src / "debian", symlinks=True)
     deps = subprocess.run(["dpkg-checkbuilddeps"], cwd=src, capture_output=True, text=True,
@@ -358,7 +373,13 @@ def test_debian_package_builds_and_lists_the_installed_layout(tmp_path: Path):
     build = subprocess.run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=src,
                            capture_output=True, text=True, env=tool_env(), timeout=600)
     assert build.returncode == 0, (build.stdout + build.stderr)[-6000:]
-    main, compat = tmp_path / "rprocd_0.1.0_all.deb", tmp_path / "rprocd-st-compat_0.1.0_all.deb"
+    return out / "rprocd_0.1.0_all.deb", out / "rprocd-st-compat_0.1.0_all.deb"
+
+
+@needs_dpkg
+def test_debian_package_builds_and_lists_the_installed_layout(
+        debian_packages: tuple[Path, Path], tmp_path: Path):
+    main, compat = debian_packages
 
     def contents(deb: Path) -> set[str]:
         out = subprocess.run(["dpkg", "-c", str(deb)], capture_output=True, text=True, check=True)
@@ -392,6 +413,8 @@ def test_debian_package_builds_and_lists_the_installed_layout(tmp_path: Path):
         f"{debian_units}/st-m4firmware-load.service", f"{debian_units}/st-m33firmware-load.service",
         "/sbin/st-m4firmware-load-default.sh", "/sbin/st-m33firmware-load-default.sh",
         "/etc/rprocd/rprocd.conf.d/50-st-compat.conf",
+        # Debian 12's systemd owns /lib/systemd/system-preset (not /usr/lib/...).
+        "/lib/systemd/system-preset/90-rprocd-st-compat.preset",
     }
     fields = subprocess.run(["dpkg-deb", "-f", str(main), "Depends"], capture_output=True,
                             text=True, check=True).stdout
@@ -408,6 +431,217 @@ def test_debian_package_builds_and_lists_the_installed_layout(tmp_path: Path):
     assert (control / "conffiles").read_text().split() == [
         "/etc/rprocd/rprocd.conf.d/50-st-compat.conf"]
 
+
+
+# --- the Debian package installed on this machine --------------------------------------
+
+DEB_PACKAGES = ("rprocd", "rprocd-st-compat")
+DEB_UNITS = "/lib/systemd/system"
+# Where Debian 12's readers look, and what each package puts there.
+DEB_FILES = {
+    "rprocd": [
+        "/usr/bin/rprocd", "/usr/bin/rprocctl",
+        "/usr/lib/python3/dist-packages/rprocd/daemon.py",
+        f"{DEB_UNITS}/rprocd.service", f"{DEB_UNITS}/rprocd-poweroff.service",
+        f"{DEB_UNITS}/halt.target.wants/rprocd-poweroff.service",
+        f"{DEB_UNITS}/poweroff.target.wants/rprocd-poweroff.service",
+        "/usr/libexec/rprocd/rprocd-poweroff",
+        "/usr/lib/systemd/catalog/rprocd.catalog",
+        "/lib/udev/rules.d/60-rprocd.rules",
+        "/usr/share/dbus-1/system.d/org.rprocd1.conf",
+        "/usr/share/dbus-1/system-services/org.rprocd1.service",
+        "/usr/share/dbus-1/interfaces/org.rprocd1.Manager.xml",
+        "/usr/share/dbus-1/interfaces/org.rprocd1.Processor.xml",
+        "/usr/share/polkit-1/actions/org.rprocd1.policy",
+        "/etc/rprocd/rprocd.conf", "/etc/rprocd/rprocd.conf.d", "/lib/firmware/rprocd",
+        "/usr/share/man/man8/rprocd.8.gz",
+        "/usr/share/bash-completion/completions/rprocctl",
+    ],
+    "rprocd-st-compat": [
+        f"{DEB_UNITS}/st-m4firmware-load.service", f"{DEB_UNITS}/st-m33firmware-load.service",
+        "/sbin/st-m4firmware-load-default.sh", "/sbin/st-m33firmware-load-default.sh",
+        "/etc/rprocd/rprocd.conf.d/50-st-compat.conf",
+        "/lib/systemd/system-preset/90-rprocd-st-compat.preset",
+    ],
+}
+
+
+def apt_get(*args: str) -> subprocess.CompletedProcess:
+    """apt-get as an administrator runs it (waits for the dpkg lock)."""
+    return subprocess.run(["apt-get", "-y", "-o", "DPkg::Lock::Timeout=300", *args],
+                          capture_output=True, text=True, timeout=900,
+                          env=tool_env(DEBIAN_FRONTEND="noninteractive"), cwd="/")
+
+
+def dpkg_state(package: str) -> str:
+    """dpkg's two-letter state ("ii" installed, "rc" config files left), or ""."""
+    out = subprocess.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}", package],
+                         capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def catalog_ids() -> set[str]:
+    """The rprocd MESSAGE_IDs in the machine's compiled journal catalog."""
+    out = subprocess.run(["journalctl", "--list-catalog"], capture_output=True, text=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if " rprocd: " in line}
+
+
+def installed_daemons() -> list[int]:
+    """Processes running the installed daemon (/usr/bin/rprocd)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"/usr/bin/rprocd" in argv[:2]:
+            pids.append(int(proc.name))
+    return pids
+
+
+def unit_file_state(unit: str) -> str:
+    # --root=/: the unit files on disk, with or without systemd as PID 1.
+    return subprocess.run(["systemctl", "--root=/", "is-enabled", unit], capture_output=True,
+                          text=True, env=tool_env()).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def deb_installed(debian_packages: tuple[Path, Path]) -> Iterator[Path]:
+    """Both packages installed with `apt-get install ./rprocd_*.deb ...` (apt
+    resolves the Depends from the archive), purged again afterwards: the machine
+    is left as it was found, which the teardown checks."""
+    found = {pkg: dpkg_state(pkg) for pkg in DEB_PACKAGES}
+    assert not any(found.values()) or set(found.values()) <= {"un", "pn"}, (
+        f"dpkg already knows {found}: this test installs its own build and purges it "
+        "afterwards; remove the installed one first (apt-get purge rprocd rprocd-st-compat)")
+    main, compat = debian_packages
+    try:
+        out = apt_get("install", str(main), str(compat))
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr
+        yield main
+    finally:
+        out = apt_get("purge", *DEB_PACKAGES)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr
+        assert not any(dpkg_state(pkg) in ("ii", "rc") for pkg in DEB_PACKAGES)
+        left = [path for files in DEB_FILES.values() for path in files
+                if os.path.lexists(path)]
+        assert left == [] and not os.path.lexists("/etc/rprocd"), left
+        # deb-systemd-helper removed the enable links, systemd's trigger the catalog.
+        assert unit_file_state("st-m4firmware-load.service") == ""
+        assert catalog_ids() == set()
+
+
+@needs_dpkg
+def test_debian_package_installs_where_its_readers_look(deb_installed: Path):
+    from rprocd import events
+
+    for package, files in DEB_FILES.items():
+        status = subprocess.run(["dpkg", "-s", package], capture_output=True, text=True).stdout
+        assert "Status: install ok installed" in status, status
+        listed = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True,
+                                check=True).stdout.split()
+        for path in files:
+            assert path in listed, f"{path} not in dpkg -L {package}"
+            assert os.path.lexists(path), path
+        assert not [p for p in listed if not os.path.lexists(p)]
+    assert not os.path.lexists("/usr/bin/rprocd-sim")  # a development tool, not packaged
+
+    # systemd finds the units on disk: the daemon's static (udev and D-Bus
+    # start it), ST's enabled as ST ships them; verify is clean on the real system.
+    assert unit_file_state("rprocd.service") == "static"
+    assert unit_file_state("rprocd-poweroff.service") == "static"
+    assert unit_file_state("st-m4firmware-load.service") == "enabled"
+    assert unit_file_state("st-m33firmware-load.service") == "enabled"
+    units = [f"{DEB_UNITS}/{unit}" for unit in UNITS]
+    verify = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True,
+                            text=True, env=tool_env(), cwd="/")
+    assert (verify.returncode, verify.stderr) == (0, ""), verify.stderr
+    # journald: systemd's dpkg trigger compiled the catalog with every MESSAGE_ID.
+    assert catalog_ids() == {v for k, v in vars(events).items() if k.isupper()}
+    # D-Bus activation hands over to the static unit; man finds the page.
+    activation = Path("/usr/share/dbus-1/system-services/org.rprocd1.service").read_text()
+    assert "SystemdService=rprocd.service" in activation
+    man = subprocess.run(["man", "-w", "8", "rprocd"], capture_output=True, text=True,
+                         env=tool_env())
+    assert man.stdout.strip() == "/usr/share/man/man8/rprocd.8.gz", man.stderr
+
+    # The commands run on the system's python3 with Debian's bindings (no venv,
+    # no PYTHONPATH), and the installed package finds its installed interfaces.
+    for argv, expect in ((["/usr/bin/rprocd", "--version"], "rprocd 0.1.0"),
+                         (["/usr/bin/rprocctl", "--help"], "usage: rprocctl")):
+        out = subprocess.run(argv, capture_output=True, text=True, env=tool_env(), cwd="/")
+        assert out.returncode == 0 and out.stdout.startswith(expect), out.stdout + out.stderr
+    probe = ("import gi, pydbus, pyudev, systemd.journal, elftools, rprocd.daemon, rprocd.ctl\n"
+             "from rprocd.paths import Paths\n"
+             "print(rprocd.__file__, Paths.from_environ({}).interfaces_dir)")
+    out = subprocess.run(["/usr/bin/python3", "-c", probe], capture_output=True, text=True,
+                         env=tool_env(), cwd="/")
+    assert out.stdout.split() == ["/usr/lib/python3/dist-packages/rprocd/__init__.py",
+                                  "/usr/share/dbus-1/interfaces"], out.stderr
+
+    # Installing started nothing: no remoteproc device here, so udev wants no
+    # daemon, and the packages start no unit.
+    assert installed_daemons() == []
+    if Path("/run/systemd/system").is_dir():
+        for unit in UNITS:
+            state = subprocess.run(["systemctl", "is-active", unit], capture_output=True,
+                                   text=True).stdout.strip()
+            assert state == "inactive", (unit, state)
+
+
+@needs_dpkg
+@needs_sim
+def test_installed_daemon_drives_the_emulated_board(deb_installed: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    """rprocd-sim (from the checkout: the emulator is not packaged) runs the
+    daemon the installed unit's ExecStart= names; the installed rprocctl and
+    ST shim drive the emulated m4, whose state is read back from the emulated /sys."""
+    (exec_start,) = [v for k, v in unit_sections(Path(DEB_UNITS) / "rprocd.service")["Service"]
+                     if k == "ExecStart"]
+    assert exec_start == "/usr/bin/rprocd"
+    monkeypatch.setenv("RPROCD_SIM_DAEMON_CMD", exec_start)
+    for name in ("PYTHONPATH", "PYTHONHOME"):
+        monkeypatch.delenv(name, raising=False)
+    config = "[Processor m4]\nFirmware=m4-good.elf\n"
+    with board("stm32mp157f-dk", firmware=("m4-good.elf",), config=config) as sim:
+        bus = {"DBUS_SYSTEM_BUS_ADDRESS": sim.env["DBUS_SYSTEM_BUS_ADDRESS"]}
+        client = tool_env(**bus)  # the system's PATH and python3, no preload
+        on_board = tool_env(**{k: sim.env[k] for k in ("LD_PRELOAD", "UMOCKDEV_DIR")}, **bus)
+
+        # The bus name is owned by /usr/bin/rprocd running on /usr/bin/python3.
+        owner = sim.busctl("call", "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                           "org.freedesktop.DBus", "GetConnectionUnixProcessID", "s",
+                           "org.rprocd1")
+        pid = int(owner.stdout.split()[1])
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:2]
+        assert argv == ["/usr/bin/python3", "/usr/bin/rprocd"], argv
+        assert os.readlink(f"/proc/{pid}/exe").startswith("/usr/bin/python3")
+
+        def ctl(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(["/usr/bin/rprocctl", *args], capture_output=True, text=True,
+                                  env=client, cwd="/", timeout=60)
+
+        def kernel_state() -> str:
+            return subprocess.run(["cat", "/sys/class/remoteproc/remoteproc0/state"],
+                                  capture_output=True, text=True, env=on_board).stdout
+
+        assert kernel_state() == "offline\n"
+        out = ctl("start", "m4")
+        assert out.returncode == 0, out.stdout + out.stderr + sim.daemon_log()
+        assert kernel_state() == "running\n"
+        status = ctl("--json", "status", "m4")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["State"] == "running"
+        out = ctl("stop", "m4")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert kernel_state() == "offline\n"
+        # The installed shim, through the installed rprocctl on the system PATH.
+        shim = subprocess.run(["/sbin/st-m4firmware-load-default.sh", "start"],
+                              capture_output=True, text=True, env=on_board, timeout=60)
+        assert shim.returncode == 0, shim.stdout + shim.stderr
+        assert kernel_state() == "running\n"
+        assert "Traceback" not in sim.daemon_log()
+    # Leaving `board` asserted that the installed daemon exited 0 on SIGTERM.
 
 # --- Yocto recipe ---------------------------------------------------------------------
 
@@ -480,6 +714,20 @@ def test_yocto_recipe_installs_and_packages_every_file(tmp_path: Path):
         "/lib/systemd/system-preset/90-rprocd-st-compat.preset",
     }
     assert "/usr/lib/systemd/catalog/rprocd.catalog" in files  # journalctl reads only /usr/lib
+    # The main package gets what systemd, D-Bus, polkit, udev and journald read,
+    # at poky's paths.
+    assert {p for p in files if owner(p) == "main"} >= {
+        "/lib/systemd/system/rprocd.service", "/lib/systemd/system/rprocd-poweroff.service",
+        "/usr/share/dbus-1/system.d/org.rprocd1.conf",
+        "/usr/share/dbus-1/system-services/org.rprocd1.service",
+        "/usr/share/dbus-1/interfaces/org.rprocd1.Manager.xml",
+        "/usr/share/polkit-1/actions/org.rprocd1.policy",
+        "/usr/lib/systemd/catalog/rprocd.catalog", "/lib/udev/rules.d/60-rprocd.rules",
+        "/etc/rprocd/rprocd.conf",
+    }
+    # The same files as `make install` (only some directories differ): the
+    # recipe and install.sh cannot drift apart.
+    assert Counter(Path(p).name for p in files) == Counter(Path(p).name for p in DATA_FILES)
 
 
 # --- the ST shims -----------------------------------------------------------------------
@@ -595,8 +843,6 @@ def sim_shell(sim, command: list[str]) -> subprocess.CompletedProcess:
 
 
 def sim_state(sim, core: str) -> str:
-    import json
-
     out = sim.rprocctl("--json", "status", core)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)["State"]

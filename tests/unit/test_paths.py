@@ -78,3 +78,23 @@ def test_the_manager_reads_crash_types_from_paths_kmsg(tmp_path: Path) -> None:
         assert crash_types.path == fifo and crash_types.active
     finally:
         manager.close()
+
+
+def test_interfaces_from_the_checkout_only_when_it_holds_the_xml(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """Installed, the package's neighbour `dbus/` is dbus-python's package
+    (/usr/lib/python3/dist-packages/dbus on Debian), not our XML: the default
+    is then the installed /usr/share/dbus-1/interfaces."""
+    import rprocd.paths
+
+    neighbour = tmp_path / "dbus"
+    (neighbour / "__init__.py").parent.mkdir()
+    (neighbour / "__init__.py").write_text("")
+    monkeypatch.setattr(rprocd.paths, "_REPO_INTERFACES", neighbour)
+    assert Paths.from_environ({}).interfaces_dir == Path("/usr/share/dbus-1/interfaces")
+    (neighbour / "org.rprocd1.Manager.xml").write_text("<node/>")
+    assert Paths.from_environ({}).interfaces_dir == neighbour
+    # In this checkout: the repository's dbus/.
+    monkeypatch.undo()
+    assert Paths.from_environ({}).interfaces_dir == \
+        Path(rprocd.paths.__file__).resolve().parents[1] / "dbus"
