@@ -32,6 +32,10 @@ _TIME_UNITS = {
 }
 _TIME_PART = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-z]*)")
 
+# Timers are armed with GLib.timeout_add (milliseconds in a signed int).
+MAX_TIMESPAN = (2**31 - 1) / 1000
+_PATH_MAX, _NAME_MAX = 4095, 255  # as rprocd.firmware.search (bytes)
+
 LOG_LEVELS = ("debug", "info", "notice", "warning", "err", "crit", "alert", "emerg")
 
 # The parsers return a value or raise ValueError with the sentence that tells
@@ -60,6 +64,9 @@ def parse_timespan(text: str) -> float:
             raise ValueError(f"unknown time unit '{unit}'; use ms, s, min or h")
         total += float(number) * _TIME_UNITS[unit or "s"]
         pos = m.end()
+    if total > MAX_TIMESPAN:
+        raise ValueError(
+            f"too long: at most {int(MAX_TIMESPAN // 3600)}h (the longest timer GLib can arm)")
     return total
 
 
@@ -104,8 +111,15 @@ def _path_list(text: str) -> tuple[Path, ...]:
 
 
 def _firmware_name(text: str) -> str:
-    if "\n" in text or any(part == ".." for part in text.split("/")):
+    """The rules of rprocd.firmware.search.check_name, at load time, so that
+    DefaultFirmware never shows a name Start("") would refuse."""
+    if text.startswith("/") or any(part == ".." for part in text.split("/")):
         raise ValueError("a firmware name is a file name under the firmware search path, no '..'")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError("a firmware name has no control characters")
+    encoded = text.encode("utf-8", "surrogateescape")
+    if len(encoded) > _PATH_MAX or any(len(p) > _NAME_MAX for p in encoded.split(b"/")):
+        raise ValueError(f"too long: at most {_PATH_MAX} bytes, {_NAME_MAX} per component")
     return text
 
 

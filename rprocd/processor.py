@@ -45,7 +45,7 @@ log = logging.getLogger("rprocd")
 ACTIVE = frozenset({"running", "attached"})
 QUIET = frozenset({"offline", "detached"})  # states nothing changes by itself
 MAX_STOP_WRITES = 4  # each `stop` drops one kernel power reference
-_TRACE_NAME = re.compile(r"^trace\d+$")
+_TRACE_NAME = re.compile(r"trace(0|[1-9][0-9]{0,3})")  # fullmatch: no "trace0\n"
 
 Done = Callable[[RprocError | None], None]
 
@@ -229,7 +229,7 @@ class Processor:
 
     def read_trace(self, buffer: str) -> str:
         buffer = buffer or "trace0"
-        if not _TRACE_NAME.match(buffer):
+        if not _TRACE_NAME.fullmatch(buffer):
             raise InvalidArgs(
                 f"{self.name}: '{buffer}' is not a trace buffer; use trace0, trace1, ... "
                 "as listed in TraceBuffers"
@@ -449,6 +449,8 @@ class Processor:
 
     def _start_plan(self, firmware: str) -> Plan:
         state = self._gate(("offline", "detached"), "start")
+        if state == "offline":  # a refused name, like BadState, leaves Failed as it was
+            self._check_name(firmware or self.default_firmware)
         self._begin("starting")
         if state == "detached":
             yield from self._attach_steps()
@@ -468,8 +470,8 @@ class Processor:
         new = firmware or self.default_firmware
         previous = self.files.read_optional("firmware") if state == "running" else ""
         switching = state in ACTIVE and new != previous
+        self._check_name(new)  # before _begin: a refusal, not a failed operation
         self._begin("switching" if switching else "stopping" if state in ACTIVE else "starting")
-        self._check_name(new)
         if self.config.validate:
             yield _Io(partial(self._validate, new))  # a bad image never stops a good one
         if state in ACTIVE:

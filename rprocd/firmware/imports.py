@@ -91,12 +91,43 @@ class ImportStore:
 
     def _read(self, fd: int, base: str) -> bytes:
         """Everything from offset 0 (pread: the caller's file position is not
-        touched), at most max_size bytes, within read_timeout seconds."""
+        touched), at most max_size bytes, within read_timeout seconds.
+
+        The reading runs in a thread of its own on a duplicate of `fd`: a read
+        that never returns (a file on a FUSE filesystem whose server stalls,
+        which any user can mount) then costs that thread, not the import
+        worker, and the caller gets its answer after read_timeout."""
+        own = os.dup(fd)
+        outcome: dict[str, object] = {}
+        cancelled = threading.Event()
         deadline = time.monotonic() + self.read_timeout
+
+        def reader() -> None:
+            try:
+                outcome["data"] = self._read_all(own, base, deadline, cancelled)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting side
+                outcome["error"] = exc
+            finally:
+                os.close(own)
+
+        thread = threading.Thread(target=reader, name=f"import-read {base[:40]}", daemon=True)
+        thread.start()
+        thread.join(self.read_timeout + 1)
+        if thread.is_alive():
+            cancelled.set()  # it stops at its next chunk, if its read ever returns
+            raise InvalidArgs(
+                f"reading '{base}' took more than {self.read_timeout:g} s: pass a local "
+                "regular file")
+        if "error" in outcome:
+            raise outcome["error"]  # type: ignore[misc]
+        return outcome["data"]  # type: ignore[return-value]
+
+    def _read_all(self, fd: int, base: str, deadline: float,
+                  cancelled: threading.Event) -> bytes:
         chunks = []
         total = 0
         while True:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or cancelled.is_set():
                 raise InvalidArgs(
                     f"reading '{base}' took more than {self.read_timeout:g} s: pass a local "
                     "regular file")
