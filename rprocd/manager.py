@@ -10,6 +10,7 @@ replaces it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -29,6 +30,16 @@ from .sysfs import CoreFiles, DeviceGone, FileOps
 from .worker import Worker
 
 log = logging.getLogger("rprocd")
+
+# Why the import directory refused a write, and what the administrator does about it.
+_IMPORT_HINTS = {
+    errno.EROFS: "it is on a read-only file system: set ImportDirectory= to a writable "
+                 "directory inside the firmware search path",
+    errno.ENOSPC: "the disk is full: free space or lower ImportKeep=",
+    errno.EDQUOT: "the disk quota is exhausted: free space or lower ImportKeep=",
+    errno.EACCES: "rprocd may not write there: fix the directory's owner or ImportDirectory=",
+    errno.EPERM: "rprocd may not write there: fix the directory's owner or ImportDirectory=",
+}
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
@@ -225,6 +236,13 @@ class Manager:
                 done(result, None)
             elif isinstance(exc, RprocError):
                 done(None, exc)
+            elif isinstance(exc, OSError):  # the caller's fd was read: the directory failed
+                directory = manager.import_directory
+                why = exc.strerror or str(exc)
+                hint = _IMPORT_HINTS.get(exc.errno or 0, "see the rprocd journal")
+                log.error("importing '%s' into %s failed: %s", name, directory, why)
+                done(None, Failed(f"'{name}' was not imported: cannot write to the import "
+                                  f"directory {directory} ({why}); {hint}"))
             else:
                 log.error("importing '%s' failed", name, exc_info=exc)
                 done(None, Failed(f"importing '{name}' failed: {exc}"))

@@ -45,6 +45,7 @@ log = logging.getLogger("rprocd")
 ACTIVE = frozenset({"running", "attached"})
 QUIET = frozenset({"offline", "detached"})  # states nothing changes by itself
 MAX_STOP_WRITES = 4  # each `stop` drops one kernel power reference
+UNBIND_SETTLE = 0.5  # s: how long an unbind racing a start may take to remove the core
 _TRACE_NAME = re.compile(r"trace(0|[1-9][0-9]{0,3})")  # fullmatch: no "trace0\n"
 
 Done = Callable[[RprocError | None], None]
@@ -664,7 +665,22 @@ class Processor:
         if firmware is not None:
             self._io_set("firmware", firmware)
         self._io_set("state", "start")
-        return self.files.state()
+        state = self.files.state()
+        if state == "offline" and firmware is not None:
+            state = self._io_settle_offline()
+        return state
+
+    def _io_settle_offline(self) -> str:
+        """A start the kernel accepted left the core offline: either a failed recovery
+        left it stuck (ABI §2.5), or its driver is being unbound right after the boot
+        (rproc_del stops it, then the directory goes). Tell them apart by waiting a
+        moment: DeviceGone for the unbind, the state otherwise."""
+        deadline = time.monotonic() + UNBIND_SETTLE
+        while True:
+            state = self.files.state()  # DeviceGone once the unbind removed it
+            if state != "offline" or time.monotonic() > deadline:
+                return state
+            time.sleep(0.02)
 
     def _io_stop(self) -> str:
         state = self.files.state()

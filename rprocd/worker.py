@@ -32,7 +32,7 @@ class WorkerTimeout(Exception):
 
 
 class _Job:
-    __slots__ = ("fn", "on_done", "on_late", "timer", "expired")
+    __slots__ = ("fn", "on_done", "on_late", "timer", "expired", "returned")
 
     def __init__(self, fn: Callable[[], Any], on_done: Done, on_late: Done | None) -> None:
         self.fn = fn
@@ -40,6 +40,7 @@ class _Job:
         self.on_late = on_late
         self.timer = 0
         self.expired = False
+        self.returned = threading.Event()  # fn is done; its result is on its way to the loop
 
 
 class Worker:
@@ -84,10 +85,16 @@ class Worker:
                 result, exc = job.fn(), None
             except BaseException as error:  # handed to the caller, who decides
                 result, exc = None, error
-            GLib.idle_add(self._finish, job, result, exc)
+            job.returned.set()
+            # Default priority, not idle: a reply must not wait until a burst of
+            # uevents (a boot announces about ten) has been handled.
+            GLib.idle_add(self._finish, job, result, exc, priority=GLib.PRIORITY_DEFAULT)
 
     def _expire(self, job: _Job, timeout: float) -> bool:
         job.timer = 0
+        if job.returned.is_set():
+            # In time, only not dispatched yet (a busy loop): `_finish` delivers it.
+            return GLib.SOURCE_REMOVE
         job.expired = True
         job.on_done(None, WorkerTimeout(timeout))
         return GLib.SOURCE_REMOVE

@@ -406,7 +406,7 @@ class Core:
         self.rproc: Rproc | None = None
         self.fw_run: FirmwareRun | None = None
         self.hw_table: tuple[int, int] | None = None  # where the running image keeps its table
-        self.hang = False
+        self.hang = ""  # control `hang`: "" no, "1" every state write, "start"/"stop" only those
         self.fail_start: int | None = None
         self.device_lock = threading.Lock()  # driver core device_lock(): bind vs unbind
         fmt = opts.fw_format if opts.fw_format is not None else spec.fw_format
@@ -456,12 +456,16 @@ class Core:
         err, self.fail_start = self.fail_start, None
         return err
 
-    def wait_hang(self) -> None:
+    def hangs(self, op: str) -> bool:
+        """Whether control `hang` blocks a state write doing `op` (start, stop, detach)."""
+        return self.hang == "1" or self.hang == op
+
+    def wait_hang(self, op: str) -> None:
         """Control file `hang`: block the state write until `0` is written."""
-        if not self.hang:
+        if not self.hangs(op):
             return
-        self.k.klog(self.driver_dev, "rprocd-sim: hanging the write (hang=1)")
-        if not self.k.wait_for(lambda: not self.hang):
+        self.k.klog(self.driver_dev, f"rprocd-sim: hanging the {op} write (hang={self.hang})")
+        if not self.k.wait_for(lambda: not self.hangs(op)):
             raise KernelError(errno.EINTR, "emulator shut down while hung")
 
 
@@ -507,10 +511,12 @@ class Rproc:
         self.k.klog(self.dev, msg)
 
     @contextmanager
-    def locked(self, hang: bool = False) -> Iterator[None]:
+    def locked(self, hang: str = "") -> Iterator[None]:
+        """The rproc mutex; `hang` names the state write (start, stop, detach) that
+        control `hang` may block while holding it, as a stuck driver would."""
         with self.lock:
             if hang:
-                self.core.wait_hang()
+                self.core.wait_hang(hang)
             yield
 
     # ---------------------------------------------------------------- sysfs
@@ -691,7 +697,7 @@ class Rproc:
 
     def boot(self) -> None:
         """rproc_boot: power++, only 0→1 loads and starts (or attaches)."""
-        with self.locked(hang=True):
+        with self.locked(hang="start"):
             if self.state == DELETED:
                 self.log(f"can't boot deleted rproc {self.name}")
                 raise KernelError(errno.ENODEV, "deleted")
@@ -712,7 +718,7 @@ class Rproc:
 
     def shutdown(self) -> None:
         """rproc_shutdown: power--, only 1→0 stops the processor."""
-        with self.locked(hang=True):
+        with self.locked(hang="stop"):
             if self.state not in self._stoppable():
                 raise KernelError(errno.EINVAL, f"can't stop rproc in state {self.state}")
             self.power -= 1
@@ -728,7 +734,7 @@ class Rproc:
 
     def detach(self) -> None:
         """rproc_detach: attached only; the core keeps running."""
-        with self.locked(hang=True):
+        with self.locked(hang="detach"):
             if self.state != ATTACHED:
                 raise KernelError(errno.EINVAL, "not attached")
             self.power -= 1
@@ -1478,7 +1484,7 @@ class SimKernel:
             if rp is None:
                 continue
             files[f"remoteproc{rp.index}/hang"] = SimFile(
-                0o644, lambda c=core: b"1\n" if c.hang else b"0\n",
+                0o644, lambda c=core: f"{c.hang or 0}\n".encode(),
                 lambda b, c=core: self._ctl_hang(c, b))
             files[f"remoteproc{rp.index}/fail_start"] = SimFile(
                 0o644, lambda c=core: (errno.errorcode.get(c.fail_start, "") + "\n").encode()
@@ -1506,10 +1512,10 @@ class SimKernel:
 
     def _ctl_hang(self, core: Core, data: bytes) -> int:
         value = data.decode("utf-8", "replace").strip()
-        if value not in ("0", "1"):
-            raise KernelError(errno.EINVAL, "hang takes 0 or 1")
+        if value not in ("0", "1", "start", "stop", "detach"):
+            raise KernelError(errno.EINVAL, "hang takes 0, 1, start, stop or detach")
         with self._cv:
-            core.hang = value == "1"
+            core.hang = "" if value == "0" else value
             self._cv.notify_all()
         return len(data)
 

@@ -331,6 +331,41 @@ def test_import_firmware_runs_the_store_off_the_loop_and_closes_the_fd(
     assert calls[0] == (paths.firmware_root / "rprocd", 8)
 
 
+def test_import_into_a_read_only_directory_names_it(
+    paths: Paths, kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's OSError (EROFS) becomes Failed naming the directory and the fix."""
+    import errno
+
+    import rprocd.firmware.imports as imports
+
+    kernel.add_core(0, "m4")
+    m = manager(paths, kernel)
+
+    class Store:
+        def __init__(self, directory: Path, dirs: list, keep: int) -> None:
+            self.directory = directory
+
+        def import_fd(self, fd: int, name: str, target: object) -> str:
+            raise OSError(errno.EROFS, "Read-only file system", str(self.directory / ".x.tmp"))
+
+    monkeypatch.setattr(imports, "ImportStore", Store)
+    monkeypatch.setattr(firmware, "search_dirs", lambda p, extra=(): [])
+    monkeypatch.setattr(firmware, "read_target", lambda *a: "target")
+    results: list[tuple] = []
+    read, write = os.pipe()
+    os.close(write)
+    m.import_firmware(read, "app.elf", lambda *r: results.append(r))
+    spin(lambda: results)
+    value, error = results[0]
+    assert value is None and isinstance(error, errors.Failed)
+    assert str(error) == (
+        f"'app.elf' was not imported: cannot write to the import directory "
+        f"{paths.firmware_root / 'rprocd'} (Read-only file system); it is on a read-only "
+        "file system: set ImportDirectory= to a writable directory inside the firmware "
+        "search path")
+
+
 def test_a_core_whose_remove_uevent_was_lost_is_removed_by_the_poll(
     paths: Paths, kernel: FakeKernel
 ) -> None:

@@ -4,6 +4,7 @@ timeouts, against the fake kernel of test_core_fake_kernel."""
 from __future__ import annotations
 
 import errno
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,25 @@ def test_start_that_leaves_the_core_offline_is_a_stuck_failure(kernel: FakeKerne
     assert isinstance(error, errors.Failed)
     assert "stuck" in str(error)
     assert "echo 0.m4 > /sys/bus/platform/drivers/stm32-rproc/unbind" in str(error)
+
+
+def test_start_followed_by_an_unbind_is_no_such_processor(kernel: FakeKernel) -> None:
+    """The driver is unbound right after an accepted start (rproc_del stops the
+    core, then removes its directory): NoSuchProcessor, not the "stuck" failure."""
+    core = kernel.add_core(0, "m4")
+    core.stuck_offline = True  # the unbind's stop: offline right after the write
+    proc, _ = make(kernel, core)
+    write = core._state_write
+
+    def start_then_unbind(command: str) -> None:
+        write(command)
+        if command == "start":
+            threading.Timer(0.1, kernel.remove_core, (core,)).start()
+
+    core._state_write = start_then_unbind  # type: ignore[method-assign]
+    error = call(proc.start, "a.elf")
+    assert isinstance(error, errors.NoSuchProcessor), error
+    assert "disappeared" in str(error)
 
 
 def test_start_of_a_detached_core_attaches_without_firmware(kernel: FakeKernel) -> None:

@@ -407,6 +407,26 @@ def test_hang_control_blocks_the_next_state_write(sim):
     assert done.is_set() and sim.state() == "running"
 
 
+def test_hang_start_blocks_only_starts(sim):
+    """hang=start: a switch's stop and firmware write pass, its start blocks."""
+    sim.write("state", "start")
+    assert sim.ctl("remoteproc0/hang", "start") == 5
+    assert sim.k.control_files()["remoteproc0/hang"].read() == b"start\n"
+    sim.write("state", "stop")
+    sim.write("firmware", "rproc-m4-fw")
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (sim.write("state", "start"), done.set()))
+    t.start()
+    time.sleep(0.1)
+    assert not done.is_set() and sim.state() == "offline"
+    sim.ctl("remoteproc0/hang", "0")
+    t.join(2)
+    assert done.is_set() and sim.state() == "running"
+    with pytest.raises(OSError) as e:
+        sim.ctl("remoteproc0/hang", "sometimes")
+    assert e.value.errno == errno.EINVAL
+
+
 def test_shutdown_wakes_a_hung_write_and_leaves_no_threads(sims):
     s = sims(firmware={"rproc-m4-fw": m4_image(trace_period_ms=1)})
     s.write("state", "start")

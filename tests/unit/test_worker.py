@@ -59,3 +59,22 @@ def test_close_lets_the_thread_exit() -> None:
     assert thread is not None
     thread.join(2)
     assert not thread.is_alive()
+
+
+def test_a_result_in_time_is_not_a_timeout_when_the_loop_was_busy() -> None:
+    """The job returned before its deadline, but the main loop was busy (a flood
+    of D-Bus calls) until after it: the caller gets the result, not Timeout."""
+    worker = Worker("busy-loop")
+    done: list[tuple[object, object]] = []
+    returned = threading.Event()
+
+    def job() -> str:
+        returned.set()
+        return "in time"
+
+    worker.submit(job, lambda r, e: done.append((r, e)), timeout=0.05)
+    assert returned.wait(2)
+    time.sleep(0.2)  # the loop does not run: the deadline passes with the result queued
+    spin(lambda: done)
+    assert done == [("in time", None)]
+    worker.close()
