@@ -15,7 +15,8 @@ the mock's own methods, e.g.
 
 (`AllowUnknown b true` grants everything; `SetDelay d`, `SimulateHang b`).
 The mock does not look at the subject: an action it allows is allowed to
-every caller.
+every caller. Without it (`rprocd-sim --no-polkit`) the bus has no polkit at
+all, as on a board image built without polkitd.
 """
 
 from __future__ import annotations
@@ -120,8 +121,10 @@ class Bus:
     def pids(self) -> list[int]:
         return [p.pid for p in (self._daemon, self._polkit) if p is not None]
 
-    def start(self, allowed: Sequence[str] = (), timeout: float = 20.0) -> None:
-        """Start dbus-daemon and the polkit mock; return once both answer."""
+    def start(self, allowed: Sequence[str] = (), timeout: float = 20.0,
+              polkit: bool = True) -> None:
+        """Start dbus-daemon and the polkit mock (unless `polkit` is False: a
+        board image without polkitd); return once both answer."""
         self.config.write_text(bus_config(self.socket, policy_file()))
         with open(self._bus_log, "wb") as log_file:  # its complaints (fd limits...)
             self._daemon = subprocess.Popen(
@@ -142,7 +145,8 @@ class Bus:
             )
         self.address = line.decode().strip()
         self.socket.chmod(0o666)  # unprivileged clients connect too
-        self._start_polkit(allowed, timeout)
+        if polkit:
+            self._start_polkit(allowed, timeout)
 
     def _start_polkit(self, allowed: Sequence[str], timeout: float) -> None:
         env = dict(self._env, DBUS_SYSTEM_BUS_ADDRESS=self.address)

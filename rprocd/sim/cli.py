@@ -79,6 +79,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help=f"board profile, repeatable (default {DEFAULT_BOARD}; "
                         "stm32mp157f-dk, stm32mp257f-dk, generic:N)")
     parser.add_argument("--daemon", action="store_true", help="run rprocd on the board")
+    parser.add_argument("--no-polkit", action="store_true",
+                        help="no polkit stand-in on the bus, as on an image without polkitd")
     parser.add_argument("--config", metavar="F", type=Path,
                         help="rprocd.conf for the daemon")
     parser.add_argument("--env-file", metavar="F", type=Path,
@@ -322,7 +324,8 @@ class Sim:
 
         self.bus = Bus(self.dir, _clean_env())
         self._teardown.callback(self.bus.stop)
-        self.bus.start(parse_allowed(os.environ.get(POLKIT_ALLOW_ENV)))
+        self.bus.start(parse_allowed(os.environ.get(POLKIT_ALLOW_ENV)),
+                       polkit=not self.args.no_polkit)
         for pid in self.bus.pids:
             reaper.tell("pgid", pid)
 

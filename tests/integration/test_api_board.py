@@ -61,7 +61,8 @@ class SimBoard:
     """One emulated board with the daemon on it; use as a context manager."""
 
     def __init__(self, *boards: str, daemon: bool = True, options: tuple[str, ...] = (),
-                 config: str | None = None, firmware: tuple[str, ...] = ()) -> None:
+                 config: str | None = None, firmware: tuple[str, ...] = (),
+                 polkit: bool = True) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="rprocd-it-"))
         self.tmp.chmod(0o755)  # setpriv'd clients read files from here
         self.done = self.tmp / "done"
@@ -71,6 +72,8 @@ class SimBoard:
             argv += ["--board", board]
         if daemon:
             argv.append("--daemon")
+        if not polkit:
+            argv.append("--no-polkit")
         for option in options:
             argv += ["--option", option]
         if config is not None:
