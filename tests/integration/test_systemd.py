@@ -7,7 +7,7 @@
 - `systemd-analyze security` rates rprocd.service "OK" or better.
 - The halt/poweroff-but-not-reboot design holds in the unit files.
 - The daemon runs under what the sandbox takes away and a test can reproduce
-  without a service manager: no capabilities at all, no new privileges, and no
+  without a service manager: no capability but CAP_SYSLOG, no new privileges, and no
   writable+executable memory (prctl PR_SET_MDWE, the kernel's form of
   MemoryDenyWriteExecute=; systemd's seccomp version also refuses mprotect()
   adding PROT_EXEC to any mapping, MDWE only to one that was never executable).
@@ -128,7 +128,11 @@ def test_the_daemon_unit_contract():
     # /sys must stay writable: ProtectKernelTunables= would make it read-only.
     assert not values("rprocd.service", "Service", "ProtectKernelTunables")
     assert values("rprocd.service", "Service", "ProtectSystem") == ["strict"]
-    assert values("rprocd.service", "Service", "CapabilityBoundingSet") == [""]
+    # One capability, one device: the kernel log, where the crash type is.
+    assert values("rprocd.service", "Service", "CapabilityBoundingSet") == ["CAP_SYSLOG"]
+    assert values("rprocd.service", "Service", "ProtectKernelLogs") == ["no"]
+    assert values("rprocd.service", "Service", "DeviceAllow") == ["/dev/kmsg r"]
+    assert values("rprocd.service", "Service", "BindReadOnlyPaths") == ["-/dev/kmsg"]
     assert "-/lib/firmware/rprocd" in words("rprocd.service", "Service", "ReadWritePaths")
     assert words("rprocd.service", "Service", "RestrictAddressFamilies") == {
         "AF_UNIX", "AF_NETLINK"}
@@ -168,7 +172,9 @@ def test_nothing_is_stopped_on_reboot_and_everything_on_poweroff():
         assert stop.lstrip("-") == f"/sbin/st-{core}firmware-load-default.sh stop"
 
 
-# --- the daemon without capabilities and without W+X memory ------------------------
+# --- the daemon with CAP_SYSLOG only and without W+X memory -------------------------
+
+ONLY_SYSLOG = f"{1 << 34:016x}"  # CAP_SYSLOG is capability 34
 
 # prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN) as the first thing a child
 # interpreter does (Linux >= 6.3); it is inherited by everything loaded later
@@ -224,17 +230,40 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
 
 def restricted(*argv: str) -> list[str]:
     """What rprocd.service takes away that a process can take away itself:
-    every capability (CapabilityBoundingSet=), new privileges
+    every capability but CAP_SYSLOG (CapabilityBoundingSet=), new privileges
     (NoNewPrivileges=), and W+X memory (MemoryDenyWriteExecute=, via MDWE)."""
-    return ["setpriv", "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all",
+    return ["setpriv", "--no-new-privs", "--bounding-set=-all,+syslog", "--inh-caps=-all",
             "--ambient-caps=-all", sys.executable, "-c", MDWE_RUNNER, *argv]
 
 
 def assert_restricted(pid: int) -> None:
     status = Path(f"/proc/{pid}/status").read_text()
-    assert re.search(r"^CapEff:\s+0+$", status, re.M), status
-    assert re.search(r"^CapBnd:\s+0+$", status, re.M), status
+    assert re.search(rf"^CapEff:\s+{ONLY_SYSLOG}$", status, re.M), status
+    assert re.search(rf"^CapBnd:\s+{ONLY_SYSLOG}$", status, re.M), status
     assert re.search(r"^NoNewPrivs:\s+1$", status, re.M), status
+
+
+READ_KMSG = (
+    "import os\n"
+    "fd = os.open('/dev/kmsg', os.O_RDONLY | os.O_NONBLOCK)\n"
+    "print(os.read(fd, 8192).decode(errors='replace').split(';', 1)[-1])\n"
+)
+
+
+@pytest.mark.skipif(not Path("/dev/kmsg").exists() or os.geteuid() != 0,
+                    reason="needs root and the kernel log device /dev/kmsg")
+def test_the_units_capabilities_read_the_kernel_log():
+    """Crash types are only in the kernel log. With the unit's bounding set
+    (CAP_SYSLOG only) root opens /dev/kmsg also where kernel.dmesg_restrict
+    is 1; with no capability at all it would not, there."""
+    base = ["setpriv", "--no-new-privs", "--inh-caps=-all", "--ambient-caps=-all"]
+    unit = subprocess.run([*base, "--bounding-set=-all,+syslog", sys.executable, "-c",
+                           READ_KMSG], capture_output=True, text=True)
+    assert unit.returncode == 0 and unit.stdout.strip(), unit.stderr
+    bare = subprocess.run([*base, "--bounding-set=-all", sys.executable, "-c", READ_KMSG],
+                          capture_output=True, text=True)
+    restricted_log = Path("/proc/sys/kernel/dmesg_restrict").read_text().strip() == "1"
+    assert (bare.returncode != 0) == restricted_log, bare.stderr
 
 
 def stop(daemon: subprocess.Popen) -> int:
@@ -304,7 +333,7 @@ def test_daemon_serves_the_bus_without_capabilities_and_wx_memory(tmp_path: Path
 @needs_mdwe
 @pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv")
 def test_daemon_works_without_capabilities_and_writable_executable_memory():
-    """rprocd.service sets CapabilityBoundingSet= (empty), NoNewPrivileges=yes
+    """rprocd.service sets CapabilityBoundingSet=CAP_SYSLOG, NoNewPrivileges=yes
     and MemoryDenyWriteExecute=yes. Run the daemon so restricted on the emulated
     board and drive it through the bus: D-Bus method handlers, GLib callbacks,
     worker threads and sysfs writes all happen under the restrictions."""
