@@ -2,7 +2,9 @@
 
 One datagram per call to $NOTIFY_SOCKET (a path, or `@name` for the abstract
 namespace). Without the variable every call is a no-op, so the daemon runs the
-same outside systemd.
+same outside systemd. Sent without blocking: the sender is the main loop, and
+a receiver that stops reading (a wedged manager, a test harness after
+READY=1) must cost a dropped STATUS=, not every core's supervision.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class Notifier:
         self._address = "\0" + address[1:] if address.startswith("@") else address
         self._socket: socket.socket | None = None
         self._watchdog = _watchdog_interval(env)
+        self._dropping = False  # the receiver's queue is full: warned once
 
     @property
     def watchdog_interval(self) -> float | None:
@@ -32,10 +35,17 @@ class Notifier:
             return False
         try:
             if self._socket is None:
-                kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
                 self._socket = socket.socket(socket.AF_UNIX, kind)
             self._socket.sendto("\n".join(assignments).encode(), self._address)
+            self._dropping = False
             return True
+        except BlockingIOError:
+            if not self._dropping:
+                log.warning("the service manager does not read %s; dropping notifications",
+                            self._address.lstrip("\0"))
+            self._dropping = True
+            return False
         except OSError as exc:
             log.warning("cannot notify systemd at %s: %s", self._address.lstrip("\0"), exc)
             return False

@@ -101,6 +101,26 @@ def test_notify_to_a_path_and_to_an_abstract_socket(tmp_path: Path) -> None:
     assert not Notifier({}).ready("nobody listens")
 
 
+def test_notify_never_blocks_on_a_receiver_that_stopped_reading(tmp_path: Path) -> None:
+    """A full receive queue drops notifications instead of stalling the loop."""
+    path = str(tmp_path / "n.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(path)
+        notifier = Notifier({"NOTIFY_SOCKET": path})
+        assert notifier.ready("up")
+        sent = [notifier.status(f"status {i}") for i in range(2000)]  # would block
+        assert not all(sent) and sent[0]
+        assert server.recv(100) == b"READY=1\nSTATUS=up"
+        while True:  # the queue drains, and the next notification gets through
+            try:
+                server.recv(100, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+        assert notifier.status("again")
+        assert server.recv(100) == b"STATUS=again"
+        notifier.close()
+
+
 def test_watchdog_interval() -> None:
     assert Notifier({"WATCHDOG_USEC": "2000000"}).watchdog_interval == 1.0
     assert Notifier({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}).watchdog_interval is None
