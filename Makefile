@@ -20,7 +20,7 @@ lint:
 	$(VENV)/bin/ruff check rprocd tests
 
 bench: setup
-	$(PY) -m tests.bench.bench_firmware
+	$(PY) -m tests.bench
 
 install:
 	./scripts/install.sh --destdir "$(DESTDIR)"

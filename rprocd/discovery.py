@@ -81,6 +81,8 @@ class Discovery:
     def _dispatch(self, action: str, subsystem: str, sys_path: str) -> None:
         syspath = self._rebase(sys_path)
         log.debug("uevent %s %s %s", action, subsystem, syspath)
+        if action in ("bind", "unbind"):
+            return  # a driver (un)bound to a child: its add/remove told everything already
         if subsystem == "remoteproc" and action == "add":
             self._sink.device_added(syspath)
         elif subsystem == "remoteproc" and action == "remove":

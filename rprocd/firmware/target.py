@@ -9,6 +9,7 @@ with `stm32_rproc_pa_to_da`).
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Iterator
@@ -73,7 +74,7 @@ def read_target(
     if fw_format not in ("ELF", "TEE"):
         fw_format = ""
     node = _of_node(base / "device")
-    compatible = _strings(node / "compatible") if node else []
+    compatible, regions, iommu = _node_info(node, paths.sysfs) if node else ([], None, False)
     machine = EM_ARM if any(c.startswith(_ARM_COMPATIBLES) for c in compatible) else None
     tee = fw_format == "TEE" or any(c.endswith("-tee") for c in compatible)
     vectors = (
@@ -81,16 +82,26 @@ def read_target(
         if not tee and any(c.startswith("st,stm32mp2") for c in compatible)
         else ()
     )
-    dt_root = paths.sysfs / "firmware" / "devicetree" / "base"
     return Target(
         core=name,
-        regions=_memory_map(node, dt_root) if node else None,
+        regions=regions,
         fw_format=fw_format,
         machine=machine,
         require_resource_table=require_resource_table,
-        iommu=bool(node) and (node / "iommus").exists(),
+        iommu=iommu,
         boot_vector_sections=vectors,
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _node_info(node: Path, sysfs: Path) -> tuple[list[str], list[Region] | None, bool]:
+    """(compatible, memory map, iommu) of a device tree node. The live device tree
+    does not change under a running system, and walking it costs tens of file
+    reads: read once per node, not at every start (`fw_format`, which a user may
+    write, is still read every time)."""
+    dt_root = sysfs / "firmware" / "devicetree" / "base"
+    return (_strings(node / "compatible"), _memory_map(node, dt_root),
+            (node / "iommus").exists())
 
 
 def _of_node(platform_device: Path) -> Path | None:
