@@ -108,6 +108,12 @@ class CrashTypes:
         """The type of the newest crash of this core reported since the last call."""
         return None
 
+    def drop(self, device: str, name: str, before: float) -> None:
+        """Forget what was reported for this core up to `before` (time.monotonic()
+        of reading it): repeats of a crash that has ended. A source without read
+        times forgets everything."""
+        self.take(device, name)
+
     def close(self) -> None:
         pass
 
@@ -154,6 +160,12 @@ class CrashServices:
         except Exception:  # a broken source must not stop crash handling
             log.exception("%s: reading the crash type failed", name)
             return "unknown"
+
+    def drop_types(self, device: str, name: str, before: float) -> None:
+        try:
+            self.crash_types.drop(device, name, before)
+        except Exception:  # a broken source must not stop crash handling
+            log.exception("%s: reading the crash type failed", name)
 
     def close(self) -> None:
         self.crash_types.close()
@@ -267,6 +279,7 @@ class CrashSupervisor:
         self._settings_again = False
         self._refused: set[tuple[str, str]] = set()  # writes the kernel refused (warned once)
         self._trace_restarted = False  # the next run's virtio add restarted the trace already
+        self._down_seen = 0.0  # monotonic time the open episode's core was last seen down
         self._closed = False
 
     # -- queries -------------------------------------------------------------
@@ -374,6 +387,8 @@ class CrashSupervisor:
         """A refresh read `new` after `old` (both kernel states)."""
         p = self.proc
         was_active = old in ACTIVE
+        if new not in ACTIVE:
+            self._down_seen = time.monotonic()  # (no kernel log line is read meanwhile)
         if new in ACTIVE and not was_active:  # a run begins
             recovering = self.open
             if recovering:
@@ -489,6 +504,7 @@ class CrashSupervisor:
         self._trace_restarted = False
         self.virtio.run_ended(p.virtio_now if already_running else (), None if expect else False)
         crash_type = self.services.crash_type(p.device, p.name)
+        self._down_seen = time.monotonic()
         when = p.clock()
         recovered = already_running
         if not already_running:
@@ -548,7 +564,10 @@ class CrashSupervisor:
         episode.ended = time.monotonic()
         episode.ended_by_uevent = by_uevent
         self._cancel_restart()
-        self.services.crash_type(p.device, p.name)  # repeats logged during the crash: not the next
+        # Repeats logged during the crash are not the next crash's type; a line
+        # read after we last saw the core down may be the next crash already
+        # (its run began before we noticed: uevents come late).
+        self.services.drop_types(p.device, p.name, self._down_seen)
         if episode.failed and not self.limited and p._props["Failed"]:
             p._update({"Failed": False})
         if episode.expects_dump and not episode.devcd:

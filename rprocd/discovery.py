@@ -28,6 +28,12 @@ class DeviceSink(Protocol):
 
     def device_hint(self, subsystem: str, action: str, syspath: str) -> None: ...
 
+    def hold(self) -> None:
+        """A burst begins: hints may be queued until `release()`."""
+
+    def release(self) -> None:
+        """The burst ends: handle what was queued, in order."""
+
 
 class Discovery:
     def __init__(self, paths: Paths, sink: DeviceSink) -> None:
@@ -39,6 +45,8 @@ class Discovery:
         self._sysfs = paths.sysfs
         self._monitor: pyudev.Monitor | None = None
         self._watch = 0
+        self._burst: list[tuple[str, str, str]] = []  # (action, subsystem, sys_path)
+        self._burst_timer = 0
 
     def start_monitor(self) -> None:
         """Listen before enumerating, so a core probed in between is not missed
@@ -67,16 +75,42 @@ class Discovery:
         if self._watch:
             GLib.source_remove(self._watch)
             self._watch = 0
+        if self._burst_timer:
+            GLib.source_remove(self._burst_timer)
+            self._burst_timer = 0
+        self._burst.clear()
         self._monitor = None
 
     def _on_readable(self, _fd: int, _condition: GLib.IOCondition) -> bool:
         assert self._monitor is not None
         while (device := self._monitor.poll(timeout=0)) is not None:
-            try:
-                self._dispatch(device.action or "", device.subsystem or "", device.sys_path)
-            except Exception:  # one bad event must not end hotplug
-                log.exception("handling the uevent of %s failed", device.sys_path)
+            self._burst.append((device.action or "", device.subsystem or "", device.sys_path))
+        if self._burst and not self._burst_timer:
+            # A boot, stop or crash sends about ten child uevents: those that
+            # arrive before the loop comes round again are one burst, and each
+            # core re-reads its files once per burst instead of once per event.
+            # No timer: a delay here would let the next crash's kernel log line
+            # be taken for a repeat of the one whose end is still queued.
+            self._burst_timer = GLib.idle_add(self._flush, priority=GLib.PRIORITY_DEFAULT)
         return GLib.SOURCE_CONTINUE
+
+    def _flush(self) -> bool:
+        """The burst, in the kernel's order, with the sink holding its hints."""
+        self._burst_timer = 0
+        burst, self._burst = self._burst, []
+        self._sink.hold()
+        try:
+            for action, subsystem, sys_path in burst:
+                try:
+                    self._dispatch(action, subsystem, sys_path)
+                except Exception:  # one bad event must not end hotplug
+                    log.exception("handling the uevent of %s failed", sys_path)
+        finally:
+            try:
+                self._sink.release()
+            except Exception:
+                log.exception("handling a burst of uevents failed")
+        return GLib.SOURCE_REMOVE
 
     def _dispatch(self, action: str, subsystem: str, sys_path: str) -> None:
         syspath = self._rebase(sys_path)

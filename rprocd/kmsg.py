@@ -88,6 +88,18 @@ class KernelLog(CrashTypes):
                 found = fresh[0] if fresh else None
         return found
 
+    def drop(self, device: str, name: str, before: float) -> None:
+        """Forget the types of this core read up to `before` (repeats of an ended
+        crash); later ones stay for the next crash."""
+        for key in (device, name):
+            queue = self._types.get(key)
+            if queue is None:
+                continue
+            while queue and queue[0][0] <= before:
+                queue.popleft()
+            if not queue:
+                del self._types[key]
+
     def drain(self) -> None:
         """Read every record pending now (non-blocking)."""
         while self._fd >= 0:

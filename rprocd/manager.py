@@ -81,6 +81,8 @@ class Manager:
         self._shared = Shared(paths, config.manager.firmware_directories, self._crash)
         self._poll_timer = 0
         self._coldplugged = False
+        self._held = 0  # a burst of uevents is being handed over (`hold`/`release`)
+        self._queued: dict[Processor, list[tuple[str, str, str]]] = {}
         self._import_worker = Worker("import")
         # A daemon restart in the same boot re-adopts every core untouched;
         # EarlyBoot=restart is for what the boot loader started.
@@ -132,17 +134,20 @@ class Manager:
             self._boot(proc, self._first_run, one_done)
 
     def device_added(self, syspath: str) -> None:
+        self._flush_hints()
         proc = self._add(syspath, True)
         if proc is not None and self._coldplugged:
             self._boot(proc, True, lambda: None)  # a newly probed core: the boot rules apply
 
     def device_removed(self, syspath: str) -> None:
+        self._flush_hints()
         proc = self._find(syspath)
         if proc is not None:
             self._remove(proc)
 
     def device_hint(self, subsystem: str, action: str, syspath: str) -> None:
-        """A uevent that may mean a core changed state: re-read its owner now.
+        """A uevent that may mean a core changed state: re-read its owner now, or
+        at `release()` while a burst is held (one re-read per core and burst).
 
         A devcoredump is handed to the core it belongs to (its `failing_device`
         is a `remoteprocN` we know); another device's dump is never touched."""
@@ -151,17 +156,31 @@ class Manager:
             if action != "add":
                 return  # a dump going away: nothing to learn
             device = devcoredump.owner(self.paths.sysfs, syspath)
-            owner = next((p for p in self.processors.values() if p.device == device), None)
-            if owner is not None:
-                owner.devcoredump_added(path.name)
-            return
-        proc = self._find(str(path))
+            proc = next((p for p in self.processors.values() if p.device == device), None)
+        else:
+            proc = self._find(str(path))
         if proc is None:
             return
-        if subsystem == "remoteproc":
-            proc.refresh()
+        if self._held:
+            self._queued.setdefault(proc, []).append((subsystem, action, path.name))
         else:
-            proc.hint(subsystem, action, path.name)
+            proc.hints([(subsystem, action, path.name)])
+
+    def hold(self) -> None:
+        """A burst of uevents begins: hints are queued per core until `release()`."""
+        self._held += 1
+
+    def release(self) -> None:
+        """The burst ends: each core handles its hints, in order, after one re-read."""
+        self._held = max(0, self._held - 1)
+        if not self._held:
+            self._flush_hints()
+
+    def _flush_hints(self) -> None:
+        queued, self._queued = self._queued, {}
+        for proc, hints in queued.items():
+            if self.processors.get(proc.object_name) is proc:  # not removed meanwhile
+                proc.hints(hints)
 
     # -- operations -----------------------------------------------------------
 

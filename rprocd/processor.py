@@ -14,11 +14,13 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
+
+from gi.repository import GLib
 
 from . import events, rpmsg
 from .config import ProcessorConfig
@@ -36,7 +38,7 @@ from .errors import (
     Timeout,
 )
 from .paths import Paths
-from .sysfs import CoreFiles, DeviceGone
+from .sysfs import GONE_ERRNOS, CoreFiles, DeviceGone
 from .tracelog import TraceLog
 from .worker import Worker, WorkerTimeout
 
@@ -46,6 +48,9 @@ ACTIVE = frozenset({"running", "attached"})
 QUIET = frozenset({"offline", "detached"})  # states nothing changes by itself
 MAX_STOP_WRITES = 4  # each `stop` drops one kernel power reference
 UNBIND_SETTLE = 0.5  # s: how long an unbind racing a start may take to remove the core
+#: Poll ticks of a running core between two full re-reads (rpmsg channels,
+#: trace buffer list): a safety net for a lost uevent, not the usual path.
+RESCAN_TICKS = 10
 _TRACE_NAME = re.compile(r"trace(0|[1-9][0-9]{0,3})")  # fullmatch: no "trace0\n"
 
 Done = Callable[[RprocError | None], None]
@@ -82,10 +87,12 @@ class KernelError(Exception):
 
 
 class _Io(NamedTuple):
-    """One blocking step for the worker; `timeout` None = no deadline."""
+    """One blocking step for the worker; `timeout` None = no deadline; `reread`
+    False: the step writes nothing to the kernel (validation), so nothing to re-read."""
 
     fn: Callable[[], Any]
     timeout: float | None = None
+    reread: bool = True
 
 
 Plan = Generator[_Io, Any, None]
@@ -119,11 +126,16 @@ class Processor:
         self._done: Done | None = None
         self._auto = False  # the operation running is rprocd's own (Restart=on-crash)
         self._blocked = False  # a write that timed out has not returned yet
+        self._checked: str | None = None  # the state `_launch` read, for the plan's gate
+        self._of_node: str | None = None  # device tree node ("" none), once looked up
+        self._refresh_pending = False  # a full refresh is queued (`_refresh_soon`)
+        self._closed = False  # removed: nothing queued acts any more
         self.gone = False  # the sysfs directory vanished
         self.clock: Callable[[], int] = now_usec  # realtime µs (crash times; tests replace it)
         state = self._read_state()
         firmware = files.read_optional("firmware")
         fw_format = files.read_optional("fw_format")
+        children = files.children()
         self._kernel_default = (
             firmware if firmware and firmware != "unknown" else f"rproc-{name}-fw"
         )
@@ -145,11 +157,12 @@ class Processor:
             "LastCrashTime": 0,
             "LastCoredump": "",
             "RunningSince": now_usec() if state in ACTIVE else 0,
-            "RpmsgChannels": self._channels(),
+            "RpmsgChannels": rpmsg.names(children.devices),
             "TraceBuffers": files.trace_buffers(),
         }
-        self.virtio_now: list[str] = files.virtio_devices()  # as of the last refresh
-        self._had_vdevs = bool(files.vdev_parents())
+        self.virtio_now: list[str] = children.virtio  # as of the last refresh
+        self._had_vdevs = bool(children.vdev_parents)
+        self._ticks = 0  # polls since the last full re-read
         self.trace = TraceLog(files, name, self.device)
         self.trace.forwarding = config.trace_forward
         if shared.crash is None:
@@ -257,8 +270,10 @@ class Processor:
 
     def poll(self) -> None:
         """Timer tick: read `state`; everything else only when it changed. While the
-        core runs: its trace buffers (new lines), rpmsg channels and trace buffer
-        list too, in case a uevent was lost."""
+        core runs: its trace buffers (new lines); every `RESCAN_TICKS` ticks the
+        rest too (rpmsg channels, trace buffer list), in case a uevent was lost:
+        uevents tell every change of those, and walking the tree every second
+        would be most of the daemon's idle cost."""
         try:
             state = self.files.state()
         except DeviceGone:
@@ -268,37 +283,45 @@ class Processor:
             return
         except OSError:
             return
-        if state != self.state:
+        self._ticks += 1
+        if state != self.state or (state in ACTIVE and self._ticks >= RESCAN_TICKS):
             self.refresh()
         elif state in ACTIVE:
-            try:
-                self._update({"RpmsgChannels": self._channels(),
-                              "TraceBuffers": self.files.trace_buffers()})
-            except OSError:
-                pass
             self.trace.read(self.trace_buffers)
         self.crash.tick()
 
-    def refresh(self, gone_child: str = "", read_trace: bool = True) -> None:
+    def refresh(
+        self, gone_child: str = "", read_trace: bool = True, gone: Iterable[str] = (),
+        light: bool = False,
+    ) -> None:
         """Re-read everything from the kernel, announce what changed, and let the
         crash supervision judge the state change.
 
-        `gone_child` is a child device whose `remove` uevent we are handling
-        (its directory may still be visible for a moment). `read_trace` False
-        leaves the trace buffers for the caller to read (a crash may be found
-        first, whose last words must be taken before)."""
+        `gone_child` (and `gone`) are child devices whose `remove` uevent we are
+        handling (the directory may still be visible for a moment). `read_trace`
+        False leaves the trace buffers for the caller to read (a crash may be
+        found first, whose last words must be taken before). `light` reads only
+        what judging a state change needs (state, child devices): the rest
+        (firmware, recovery, coredump, trace buffers) is left to a full refresh
+        soon after (an operation's reply does not wait for it)."""
+        gone = {gone_child, *gone} - {""}
+        self._ticks = 0
         try:
             state = self.files.state()
+            children = self.files.children()
             changes: dict[str, object] = {
                 "State": state,
-                "Firmware": self.files.read_optional("firmware"),
-                "Recovery": self.files.read_optional("recovery"),
-                "CoredumpMode": self.files.read_optional("coredump"),
-                "RpmsgChannels": self._channels(exclude=gone_child),
-                "TraceBuffers": self.files.trace_buffers(),
+                "RpmsgChannels": rpmsg.names(children.devices, gone),
             }
-            virtio = self.files.virtio_devices()
-            vdevs = bool(self.files.vdev_parents())
+            if not light:
+                changes.update({
+                    "Firmware": self.files.read_optional("firmware"),
+                    "Recovery": self.files.read_optional("recovery"),
+                    "CoredumpMode": self.files.read_optional("coredump"),
+                    "TraceBuffers": self.files.trace_buffers(),
+                })
+            virtio = children.virtio
+            vdevs = bool(children.vdev_parents)
         except (DeviceGone, OSError):
             return
         old = self.state
@@ -309,30 +332,60 @@ class Processor:
             changes["RunningSince"] = 0
         # What a stop leaves (and a recovery does not): no vdev device, no trace buffer.
         had = self._had_vdevs or bool(self._props["TraceBuffers"])
-        stopped_outside = had and not vdevs and not changes["TraceBuffers"]
+        traces = changes.get("TraceBuffers", self._props["TraceBuffers"])
+        stopped_outside = had and not vdevs and not traces
         self._had_vdevs = vdevs
         self.virtio_now = virtio
         self._update(changes)
         self.crash.state_changed(old, state, stopped_outside)
-        if read_trace and self.state in ACTIVE:
+        if read_trace and not light and self.state in ACTIVE:
             self.trace.read(self.trace_buffers)
 
+    def _refresh_soon(self) -> None:
+        """A full refresh once the loop comes round (after an operation's reply)."""
+        if not self._refresh_pending:
+            self._refresh_pending = True
+            GLib.idle_add(self._refresh_due, priority=GLib.PRIORITY_DEFAULT)
+
+    def _refresh_due(self) -> bool:
+        self._refresh_pending = False
+        if not self.gone and not self._closed:
+            self.refresh()
+        return GLib.SOURCE_REMOVE
+
     def hint(self, subsystem: str, action: str, child: str) -> None:
-        """A uevent of a child device (virtio, rpmsg, rproc-virtio): re-read at once.
+        """A uevent of a child device (virtio, rpmsg, rproc-virtio, devcoredump)."""
+        self.hints([(subsystem, action, child)])
+
+    def hints(self, events: list[tuple[str, str, str]]) -> None:
+        """A burst of uevents of this core's children, in the kernel's order: one
+        re-read for all of them, then each event for the crash supervision.
 
         A virtio device removed while the core reads running, which neither we
         nor a crash already seen explain, means the kernel recovered a crash
-        between two polls (`crash.CrashSupervisor`)."""
-        if subsystem == "virtio" and action == "remove":
-            self.refresh(read_trace=False)
-            self.crash.virtio_removed(child)
-            if self.state in ACTIVE:
-                self.trace.read(self.trace_buffers)
-        elif subsystem == "virtio" and action == "add":
-            self.refresh()
-            self.crash.virtio_added(child)
-        else:
-            self.refresh(gone_child=child if action == "remove" else "")
+        between two polls (`crash.CrashSupervisor`). The re-read is at least as
+        new as every event of the burst, as it would be for the last one alone;
+        the virtio removals and additions are still judged one by one, in order."""
+        gone: set[str] = set()
+        for subsystem, action, child in events:
+            if subsystem in ("virtio", "devcoredump"):
+                continue
+            if action == "remove":
+                gone.add(child)
+            else:
+                gone.discard(child)
+        removed = any(e[:2] == ("virtio", "remove") for e in events)
+        if any(e[0] != "devcoredump" for e in events):
+            self.refresh(read_trace=not removed, gone=gone)
+        for subsystem, action, child in events:
+            if subsystem == "virtio" and action == "remove":
+                self.crash.virtio_removed(child)
+            elif subsystem == "virtio" and action == "add":
+                self.crash.virtio_added(child)
+            elif subsystem == "devcoredump" and action == "add":
+                self.devcoredump_added(child)
+        if removed and self.state in ACTIVE:
+            self.trace.read(self.trace_buffers)
 
     def apply_config(self, config: ProcessorConfig) -> None:
         """New settings (start or Reload): properties now, then the kernel's coredump
@@ -346,12 +399,12 @@ class Processor:
         self.crash.configure(config)
 
     def close(self) -> None:
-        """The core is gone: let its thread end."""
+        """The core is gone: let its thread end, then release the directory fds
+        (on the thread: a write still blocked in the kernel may need them)."""
+        self._closed = True
         self.crash.close()
+        self.worker.submit(self.files.close, lambda _result, _exc: None)
         self.worker.close()
-
-    def _channels(self, exclude: str = "") -> list[str]:
-        return rpmsg.channels(self.shared.paths.sysfs, self.files.root, exclude=exclude)
 
     def _update(self, values: dict[str, object]) -> None:
         changed = {k: v for k, v in values.items() if self._props.get(k) != v}
@@ -366,8 +419,23 @@ class Processor:
     # -- running an operation ----------------------------------------------
 
     def _launch(self, plan: Plan, done: Done, user: bool) -> None:
-        self.refresh()  # judge the call on the state now (a crash not polled yet counts)
+        # Judge the call on the state now (a crash not polled yet counts): a
+        # state that changed since the last look is re-read in full, else the
+        # plan's gate uses the state just read. (A crash not seen yet is judged by
+        # the refresh even when the state reads the same.)
+        self._checked = None
+        try:
+            state = self.files.state()
+        except (DeviceGone, OSError):
+            state = None  # the gate reads again and names the error
+        if state is not None and (
+            state != self.state or (state == "crashed" and not self.crash.open)
+        ):
+            self.refresh()
+        elif state is not None:
+            self._checked = state
         if self.operation:  # also while a timed-out write is still blocked in the kernel
+            self._checked = None
             plan.close()
             done(
                 Busy(
@@ -378,14 +446,18 @@ class Processor:
             return
         self._done = done
         self._auto = not user
-        self._step(plan, None, None, reread=False)
+        self._step(plan, None, None, reread=False)  # the gate runs now
+        self._checked = None
 
     def _step(
         self, plan: Plan, value: Any, exc: BaseException | None, reread: bool = True
     ) -> None:
         """Feed a worker result into the plan; run its next step or finish."""
-        if reread:  # after every kernel step, while Operation still marks the changes ours
-            self.refresh()
+        if reread:  # after every kernel step, while Operation still marks the changes ours:
+            # what judges the state change now; the rest right after (the reply
+            # does not wait for the trace buffers and the other attributes)
+            self.refresh(light=True)
+            self._refresh_soon()
         if isinstance(exc, DeviceGone):
             exc = self._gone()
         elif isinstance(exc, WorkerTimeout):
@@ -403,7 +475,8 @@ class Processor:
             self._finish(Failed(f"{self.name}: internal error ({error!r}); please report it"))
         else:
             self.worker.submit(
-                io.fn, partial(self._step, plan), timeout=io.timeout, on_late=self._late
+                io.fn, partial(self._step, plan, reread=io.reread), timeout=io.timeout,
+                on_late=self._late,
             )
 
     def _finish(self, error: RprocError | None) -> None:
@@ -474,7 +547,8 @@ class Processor:
         self._check_name(new)  # before _begin: a refusal, not a failed operation
         self._begin("switching" if switching else "stopping" if state in ACTIVE else "starting")
         if self.config.validate:
-            yield _Io(partial(self._validate, new))  # a bad image never stops a good one
+            # a bad image never stops a good one
+            yield _Io(partial(self._validate, new), reread=False)
         if state in ACTIVE:
             yield from self._stop_steps()
         if not switching:
@@ -546,7 +620,7 @@ class Processor:
         if firmware is not None:
             self._check_name(firmware)
         if validate and self.config.validate:
-            yield _Io(partial(self._validate, firmware))
+            yield _Io(partial(self._validate, firmware), reread=False)
         try:
             state = yield _Io(partial(self._io_start, firmware), self.config.start_timeout)
         except KernelError as exc:
@@ -560,6 +634,7 @@ class Processor:
             )
         if state != "running":
             raise Failed(f"{self.name}: started '{firmware}' but the core is {state} right after")
+        self._update({"Firmware": firmware})  # the name the kernel accepted (no re-read)
         self.log(logging.INFO, "%s: started '%s'", self.name, firmware, event=events.STARTED)
 
     def _attach_steps(self) -> Plan:
@@ -638,11 +713,16 @@ class Processor:
     def _validate(self, firmware: str) -> None:
         """Check the image before the kernel sees it: a cause in words, not -EINVAL."""
         from rprocd.firmware import read_target, resolve, search_dirs, validate_file
+        from rprocd.firmware.target import of_node_of
 
         try:
             path = resolve(firmware, search_dirs(self.shared.paths, self.shared.firmware_dirs))
+            if self._of_node is None:  # the device tree does not change under a device
+                node = of_node_of(self.shared.paths, self.device)
+                self._of_node = str(node) if node else ""
             target = read_target(
-                self.shared.paths, self.device, self.name, self.config.require_resource_table
+                self.shared.paths, self.device, self.name, self.config.require_resource_table,
+                fw_format=self.files.read_optional("fw_format"), of_node=self._of_node,
             )
             report = validate_file(path, target)
         except RprocError as error:
@@ -677,7 +757,15 @@ class Processor:
         moment: DeviceGone for the unbind, the state otherwise."""
         deadline = time.monotonic() + UNBIND_SETTLE
         while True:
-            state = self.files.state()  # DeviceGone once the unbind removed it
+            try:
+                state = self.files.state()  # DeviceGone once the unbind removed it
+            except OSError as exc:
+                # device_del removes the attributes before the directory: a
+                # missing `state` in a directory still there is that moment
+                if exc.errno not in GONE_ERRNOS or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+                continue
             if state != "offline" or time.monotonic() > deadline:
                 return state
             time.sleep(0.02)
@@ -716,6 +804,9 @@ class Processor:
     # -- errors ----------------------------------------------------------
 
     def _read_state(self) -> str:
+        checked, self._checked = self._checked, None
+        if checked is not None:  # read by `_launch` a moment ago, on this loop turn
+            return checked
         try:
             return self.files.state()
         except DeviceGone:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -76,6 +77,19 @@ def find(
                 found.append(Channel(m.group("name"), dev.name, int(m.group("src")),
                                      int(m.group("dst"))))
     return sorted(found, key=lambda c: (c.name, c.dst, c.device))
+
+
+def names(devices: Iterable[tuple[str, str]], exclude: Iterable[str] = ()) -> list[str]:
+    """RpmsgChannels from the (virtio device, child directory) pairs of one walk
+    of the core (`sysfs.CoreFiles.children`), the devices in `exclude` left out."""
+    skip = set(exclude)
+    found = []
+    for vdev, dev in devices:
+        m = _RPMSG_DEVICE.match(dev)
+        if m and m.group("vdev") == vdev and m.group("name") not in INTERNAL \
+                and dev not in skip:
+            found.append(m.group("name"))
+    return sorted(found)
 
 
 def channels(sysfs: Path, remoteproc: str | os.PathLike[str], exclude: str = "") -> list[str]:

@@ -66,14 +66,24 @@ class Target:
 
 
 def read_target(
-    paths: Paths, device: str, name: str, require_resource_table: bool = True
+    paths: Paths, device: str, name: str, require_resource_table: bool = True,
+    *, fw_format: str | None = None, of_node: str | None = None,
 ) -> Target:
-    """The Target of /sys/class/remoteproc/<device> (kernel name `name`)."""
+    """The Target of /sys/class/remoteproc/<device> (kernel name `name`).
+
+    A caller that has read them already (a core, before each start) passes
+    `fw_format` and `of_node` (the node's path, "" for none): each costs a
+    walk through sysfs symlinks otherwise."""
     base = paths.sysfs / "class" / "remoteproc" / device
-    fw_format = _read_text(base / "fw_format").strip()
+    if fw_format is None:
+        fw_format = _read_text(base / "fw_format")
+    fw_format = fw_format.strip()
     if fw_format not in ("ELF", "TEE"):
         fw_format = ""
-    node = _of_node(base / "device")
+    if of_node is None:
+        node = of_node_of(paths, device)
+    else:
+        node = Path(of_node) if of_node else None
     compatible, regions, iommu = _node_info(node, paths.sysfs) if node else ([], None, False)
     machine = EM_ARM if any(c.startswith(_ARM_COMPATIBLES) for c in compatible) else None
     tee = fw_format == "TEE" or any(c.endswith("-tee") for c in compatible)
@@ -102,6 +112,11 @@ def _node_info(node: Path, sysfs: Path) -> tuple[list[str], list[Region] | None,
     dt_root = sysfs / "firmware" / "devicetree" / "base"
     return (_strings(node / "compatible"), _memory_map(node, dt_root),
             (node / "iommus").exists())
+
+
+def of_node_of(paths: Paths, device: str) -> Path | None:
+    """The device tree node of the platform device of `remoteprocN` (None: no DT)."""
+    return _of_node(paths.sysfs / "class" / "remoteproc" / device / "device")
 
 
 def _of_node(platform_device: Path) -> Path | None:

@@ -179,6 +179,12 @@ def saved_whole(mode: str) -> None:
         assert sh(sim, "cat /sys/class/remoteproc/remoteproc0/coredump").stdout.strip() == mode
         m4.Start("m4-good.elf", timeout=T)
         before = trace_lines(sim, M4)
+        # The emulated kernel's recovery reloads the firmware within milliseconds,
+        # before the daemon can read the crashed run's buffer; what it keeps is
+        # its last read, made by the poll (PollIntervalSec=1s): wait for one.
+        # (This used to pass only when the boot's uevent handling happened to
+        # read the buffer after the firmware had written its lines.)
+        time.sleep(1.2)
         crash, core_file = crash_with_dump(sim, signals, "m4", "remoteproc0", 1)
         check_core_file(core_file, "m4", "m4-good.elf")
         meta = check_metadata(core_file, "m4", "remoteproc0", "m4-good.elf", crash)

@@ -366,7 +366,8 @@ class FakeKernel(FileOps):
     def firmware_exists(self, name: str) -> bool:
         return name in self.firmware
 
-    def write(self, path: Path, data: bytes) -> None:
+    def write(self, path: Path, data: bytes, dir_fd: int | None = None) -> None:
+        """`dir_fd` (the real FileOps opens relative to it) is not needed: the path says it."""
         core = self.cores.get(path.parent)
         if core is None:
             raise OSError(errno.ENOENT, "no such file", str(path))

@@ -204,7 +204,7 @@ def patch_validator(
 
     monkeypatch.setattr(firmware, "search_dirs", lambda paths, extra=(): [])
     monkeypatch.setattr(firmware, "resolve", resolve)
-    monkeypatch.setattr(firmware, "read_target", lambda *a: None)
+    monkeypatch.setattr(firmware, "read_target", lambda *a, **k: None)
     monkeypatch.setattr(firmware, "validate_file", lambda p, t: report or FakeReport([], []))
 
 

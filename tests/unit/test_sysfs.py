@@ -52,7 +52,7 @@ def test_short_write_is_an_error(core: CoreFiles, monkeypatch: pytest.MonkeyPatc
 
 def test_the_kernels_errno_reaches_the_caller(core: CoreFiles) -> None:
     class Refusing(FileOps):
-        def write(self, path: Path, data: bytes) -> None:
+        def write(self, path: Path, data: bytes, dir_fd: int | None = None) -> None:
             raise OSError(errno.EBUSY, "Device or resource busy")
 
     core.ops = Refusing()
