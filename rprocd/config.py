@@ -9,7 +9,6 @@ an empty value (`Key=`) resets the key to its default. Any problem is a
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -317,6 +316,8 @@ def _check_key(path: Path, number: int, section: str, key: str) -> None:
 
 
 def _suggest(word: str, candidates: Iterable[str]) -> str:
+    import difflib  # only for a mistyped key: not resident in every daemon
+
     candidates = list(candidates)
     exact = [c for c in candidates if c.lower() == word.lower()]
     close = exact or difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)

@@ -326,3 +326,43 @@ def test_close_releases_everything(private_bus):
         Gio.DBusCallFlags.NONE, -1, None).unpack()
     assert not owner
     server.close()
+
+
+def test_every_answered_call_frees_its_invocation(served, monkeypatch):
+    """Issue 8: GLib hands the method-call closure a reference to each
+    invocation that PyGObject never drops; unless the adapter releases it,
+    every call keeps its invocation and both messages (~2 KiB) forever."""
+    import rprocd.bus.service as service_module
+    from rprocd.bus.reply import Reply
+
+    watched: list = []
+
+    class WatchedReply(Reply):
+        def __init__(self, invocation: Gio.DBusMethodInvocation, what: str) -> None:
+            super().__init__(invocation, what)
+            watched.append(invocation.weak_ref(lambda: None))  # GObject weak ref
+
+    monkeypatch.setattr(service_module, "Reply", WatchedReply)
+    served.manager.processors["m0"].delay_ms = 100  # Start answers later (deferred reply)
+    calls = [
+        (M33, PROPS, "Get", GLib.Variant("(ss)", (PROCESSOR, "State"))),
+        (M33, PROPS, "GetAll", GLib.Variant("(s)", (PROCESSOR,))),
+        ("/org/rprocd1", "org.freedesktop.DBus.ObjectManager", "GetManagedObjects", None),
+        (M33, PROCESSOR, "ReadTrace", GLib.Variant("(s)", ("",))),
+        (M33, PROCESSOR, "ReadTrace", GLib.Variant("(s)", ("x",))),  # an error reply
+        (M0, PROCESSOR, "Start", GLib.Variant("(s)", ("",))),  # deferred
+    ] * 10
+    for path, interface, method, args in calls:
+        try:
+            served.call(path, interface, method, args)
+        except GLib.Error:
+            pass
+    assert len(watched) == len(calls)
+
+    def alive() -> int:
+        return sum(ref() is not None for ref in watched)
+
+    deadline = time.monotonic() + 5
+    while served.run(alive) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert served.run(alive) == 0, "invocations outlive their replies"

@@ -222,3 +222,13 @@ def test_losing_the_bus_name_exits_1(env: dict[str, str], tmp_path: Path) -> Non
         proc.kill()
         server.close()
     assert "the name is taken" in proc.stderr.read()
+
+
+def test_start_leaves_rarely_used_stdlib_modules_unloaded() -> None:
+    """Issue 8 (RSS): hashlib (OpenSSL's digests, ~0.6 MiB resident) is needed
+    only when a coredump is saved, difflib only for a mistyped config key."""
+    code = ("import sys, rprocd.daemon, rprocd.bus.service, rprocd.discovery; "
+            "print(sorted({'hashlib', 'difflib'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
