@@ -116,7 +116,10 @@ def figures(sim, pid: int, cores: list[str], label: str, rss_target: float | Non
             fig.note += (f"; the Python interpreter with GLib, Gio and pyudev alone is "
                          f"{floor:.1f} MiB")
         if growth >= 0.5:
-            fig.note += f"; it grows about {growth * 1024 * 1024 / (CALLS - WARMUP):.0f} B per call"
+            fig.note += (f"; about {growth * 1024 * 1024 / (CALLS - WARMUP):.0f} B per call, "
+                         "in a window that still holds the cores' first minute (their "
+                         "trace buffers filling, the heap settling), which an idle daemon "
+                         "shows too")
     out.append(fig)
     cpu_fig = Figure("footprint", f"idle CPU, {label} running", Stats.one(cpu, "% of a core"),
                      baseline_text="0 (no process)",

@@ -92,10 +92,12 @@ def run() -> list[Figure]:
                 figures.append(overhead_figure(
                     "lifecycle", f"Start, 1 MiB image, Validate={validate}", r_start, b_start,
                     20.0 if on else 5.0,
-                    note_missed="each step re-reads the core's sysfs files and directories "
-                                "(about 1 ms per file through the emulator's FUSE), and the "
-                                "boot's uevents are handled before the reply"
-                                + ("; validation reads the device tree per start" if on else ""),
+                    note_missed="a Start reads state three times (the call's gate on the "
+                                "loop, the plan's gate on the worker, after the write) and "
+                                "lists the core's child devices, each about 1 ms through the "
+                                "emulator's FUSE (microseconds on a real sysfs), plus the "
+                                "D-Bus round trip"
+                                + ("; validation reads the whole image" if on else ""),
                 ))
                 if not on:
                     figures.append(overhead_figure(
