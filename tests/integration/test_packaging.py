@@ -376,65 +376,6 @@ def debian_packages(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     return out / "rprocd_0.1.0_all.deb", out / "rprocd-st-compat_0.1.0_all.deb"
 
 
-@needs_dpkg
-def test_debian_package_builds_and_lists_the_installed_layout(
-        debian_packages: tuple[Path, Path], tmp_path: Path):
-    main, compat = debian_packages
-
-    def contents(deb: Path) -> set[str]:
-        out = subprocess.run(["dpkg", "-c", str(deb)], capture_output=True, text=True, check=True)
-        return {line.split()[5].removeprefix(".") for line in out.stdout.splitlines()}
-
-    have = contents(main)
-    debian_units = "/lib/systemd/system"  # dpkg's view on Debian 12, whatever /lib is
-    for path in [
-        "/usr/bin/rprocd", "/usr/bin/rprocctl",
-        "/usr/lib/python3/dist-packages/rprocd/daemon.py",
-        f"{debian_units}/rprocd.service", f"{debian_units}/rprocd-poweroff.service",
-        f"{debian_units}/halt.target.wants/rprocd-poweroff.service",
-        f"{debian_units}/poweroff.target.wants/rprocd-poweroff.service",
-        "/usr/libexec/rprocd/rprocd-poweroff",
-        "/usr/lib/systemd/catalog/rprocd.catalog",
-        "/lib/udev/rules.d/60-rprocd.rules",
-        "/usr/share/dbus-1/system.d/org.rprocd1.conf",
-        "/usr/share/dbus-1/system-services/org.rprocd1.service",
-        "/usr/share/dbus-1/interfaces/org.rprocd1.Manager.xml",
-        "/usr/share/dbus-1/interfaces/org.rprocd1.Processor.xml",
-        "/usr/share/polkit-1/actions/org.rprocd1.policy",
-        "/usr/share/man/man8/rprocd.8.gz", "/usr/share/man/man1/rprocctl.1.gz",
-        "/usr/share/man/man5/rprocd.conf.5.gz",
-        "/usr/share/bash-completion/completions/rprocctl",
-        "/etc/rprocd/rprocd.conf", "/etc/rprocd/rprocd.conf.d/", "/lib/firmware/rprocd/",
-    ]:
-        assert path in have, f"{path} not in {main.name}"
-    # The emulator is a development tool, not part of the package.
-    assert not [p for p in have if "sim" in Path(p).parts or p.endswith("rprocd-sim")]
-    assert contents(compat) >= {
-        f"{debian_units}/st-m4firmware-load.service", f"{debian_units}/st-m33firmware-load.service",
-        "/sbin/st-m4firmware-load-default.sh", "/sbin/st-m33firmware-load-default.sh",
-        "/etc/rprocd/rprocd.conf.d/50-st-compat.conf",
-        # Debian 12's systemd owns /lib/systemd/system-preset (not /usr/lib/...).
-        "/lib/systemd/system-preset/90-rprocd-st-compat.preset",
-    }
-    fields = subprocess.run(["dpkg-deb", "-f", str(main), "Depends"], capture_output=True,
-                            text=True, check=True).stdout
-    for dep in ("python3-gi", "python3-pydbus", "python3-pyudev", "python3-systemd",
-                "python3-pyelftools"):
-        assert dep in fields, fields
-    # The compatibility units are enabled on installation, as ST ships them;
-    # the daemon's unit is static and started by udev, not by the package.
-    control = tmp_path / "control"
-    subprocess.run(["dpkg-deb", "-e", str(compat), str(control)], check=True)
-    postinst = (control / "postinst").read_text()
-    assert "deb-systemd-helper enable 'st-m33firmware-load.service'" in postinst
-    assert "deb-systemd-invoke start" not in postinst
-    assert (control / "conffiles").read_text().split() == [
-        "/etc/rprocd/rprocd.conf.d/50-st-compat.conf"]
-
-
-
-# --- the Debian package installed on this machine --------------------------------------
-
 DEB_PACKAGES = ("rprocd", "rprocd-st-compat")
 DEB_UNITS = "/lib/systemd/system"
 # Where Debian 12's readers look, and what each package puts there.
@@ -454,17 +395,54 @@ DEB_FILES = {
         "/usr/share/dbus-1/interfaces/org.rprocd1.Processor.xml",
         "/usr/share/polkit-1/actions/org.rprocd1.policy",
         "/etc/rprocd/rprocd.conf", "/etc/rprocd/rprocd.conf.d", "/lib/firmware/rprocd",
-        "/usr/share/man/man8/rprocd.8.gz",
+        "/usr/share/man/man8/rprocd.8.gz", "/usr/share/man/man1/rprocctl.1.gz",
+        "/usr/share/man/man5/rprocd.conf.5.gz",
         "/usr/share/bash-completion/completions/rprocctl",
     ],
     "rprocd-st-compat": [
         f"{DEB_UNITS}/st-m4firmware-load.service", f"{DEB_UNITS}/st-m33firmware-load.service",
         "/sbin/st-m4firmware-load-default.sh", "/sbin/st-m33firmware-load-default.sh",
         "/etc/rprocd/rprocd.conf.d/50-st-compat.conf",
+        # Debian 12's systemd owns /lib/systemd/system-preset (not /usr/lib/...).
         "/lib/systemd/system-preset/90-rprocd-st-compat.preset",
     ],
 }
 
+
+
+@needs_dpkg
+def test_debian_package_builds_and_lists_the_installed_layout(
+        debian_packages: tuple[Path, Path], tmp_path: Path):
+    main, compat = debian_packages
+
+    def contents(deb: Path) -> set[str]:
+        out = subprocess.run(["dpkg", "-c", str(deb)], capture_output=True, text=True, check=True)
+        return {line.split()[5].removeprefix(".") for line in out.stdout.splitlines()}
+
+    have = {path.rstrip("/") for path in contents(main)}
+    for path in DEB_FILES["rprocd"]:
+        assert path in have, f"{path} not in {main.name}"
+    # The emulator is a development tool, not part of the package.
+    assert not [p for p in have if "sim" in Path(p).parts or p.endswith("rprocd-sim")]
+    assert contents(compat) >= set(DEB_FILES["rprocd-st-compat"])
+    fields = subprocess.run(["dpkg-deb", "-f", str(main), "Depends"], capture_output=True,
+                            text=True, check=True).stdout
+    for dep in ("python3-gi", "python3-pydbus", "python3-pyudev", "python3-systemd",
+                "python3-pyelftools"):
+        assert dep in fields, fields
+    # The compatibility units are enabled on installation, as ST ships them;
+    # the daemon's unit is static and started by udev, not by the package.
+    control = tmp_path / "control"
+    subprocess.run(["dpkg-deb", "-e", str(compat), str(control)], check=True)
+    postinst = (control / "postinst").read_text()
+    assert "deb-systemd-helper enable 'st-m33firmware-load.service'" in postinst
+    assert "deb-systemd-invoke start" not in postinst
+    assert (control / "conffiles").read_text().split() == [
+        "/etc/rprocd/rprocd.conf.d/50-st-compat.conf"]
+
+
+
+# --- the Debian package installed on this machine --------------------------------------
 
 def apt_get(*args: str) -> subprocess.CompletedProcess:
     """apt-get as an administrator runs it (waits for the dpkg lock)."""
@@ -711,6 +689,7 @@ def test_yocto_recipe_installs_and_packages_every_file(tmp_path: Path):
         "/lib/systemd/system/st-m33firmware-load.service",
         "/sbin/st-m4firmware-load-default.sh", "/sbin/st-m33firmware-load-default.sh",
         "/etc/rprocd/rprocd.conf.d/50-st-compat.conf",
+        # Debian 12's systemd owns /lib/systemd/system-preset (not /usr/lib/...).
         "/lib/systemd/system-preset/90-rprocd-st-compat.preset",
     }
     assert "/usr/lib/systemd/catalog/rprocd.catalog" in files  # journalctl reads only /usr/lib
