@@ -394,9 +394,8 @@ def test_writes_serialise_on_the_rproc_lock(sims):
     t.join()
 
 
-def test_hang_control_blocks_the_next_state_write(sim):
-    assert sim.ctl("remoteproc0/hang", "1\n") == 2
-    assert sim.k.control_files()["remoteproc0/hang"].read() == b"1\n"
+def _start_held_until_released(sim) -> None:
+    """A `start` write blocks while the hang control holds it, and boots once released."""
     done = threading.Event()
     t = threading.Thread(target=lambda: (sim.write("state", "start"), done.set()))
     t.start()
@@ -405,6 +404,12 @@ def test_hang_control_blocks_the_next_state_write(sim):
     sim.ctl("remoteproc0/hang", "0")
     t.join(2)
     assert done.is_set() and sim.state() == "running"
+
+
+def test_hang_control_blocks_the_next_state_write(sim):
+    assert sim.ctl("remoteproc0/hang", "1\n") == 2
+    assert sim.k.control_files()["remoteproc0/hang"].read() == b"1\n"
+    _start_held_until_released(sim)
 
 
 def test_hang_start_blocks_only_starts(sim):
@@ -414,14 +419,7 @@ def test_hang_start_blocks_only_starts(sim):
     assert sim.k.control_files()["remoteproc0/hang"].read() == b"start\n"
     sim.write("state", "stop")
     sim.write("firmware", "rproc-m4-fw")
-    done = threading.Event()
-    t = threading.Thread(target=lambda: (sim.write("state", "start"), done.set()))
-    t.start()
-    time.sleep(0.1)
-    assert not done.is_set() and sim.state() == "offline"
-    sim.ctl("remoteproc0/hang", "0")
-    t.join(2)
-    assert done.is_set() and sim.state() == "running"
+    _start_held_until_released(sim)
     with pytest.raises(OSError) as e:
         sim.ctl("remoteproc0/hang", "sometimes")
     assert e.value.errno == errno.EINVAL
