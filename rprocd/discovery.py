@@ -46,7 +46,7 @@ class Discovery:
         self._monitor: pyudev.Monitor | None = None
         self._watch = 0
         self._burst: list[tuple[str, str, str]] = []  # (action, subsystem, sys_path)
-        self._burst_timer = 0
+        self._burst_source = 0
 
     def start_monitor(self) -> None:
         """Listen before enumerating, so a core probed in between is not missed
@@ -75,9 +75,9 @@ class Discovery:
         if self._watch:
             GLib.source_remove(self._watch)
             self._watch = 0
-        if self._burst_timer:
-            GLib.source_remove(self._burst_timer)
-            self._burst_timer = 0
+        if self._burst_source:
+            GLib.source_remove(self._burst_source)
+            self._burst_source = 0
         self._burst.clear()
         self._monitor = None
 
@@ -85,18 +85,18 @@ class Discovery:
         assert self._monitor is not None
         while (device := self._monitor.poll(timeout=0)) is not None:
             self._burst.append((device.action or "", device.subsystem or "", device.sys_path))
-        if self._burst and not self._burst_timer:
+        if self._burst and not self._burst_source:
             # A boot, stop or crash sends about ten child uevents: those that
             # arrive before the loop comes round again are one burst, and each
             # core re-reads its files once per burst instead of once per event.
             # No timer: a delay here would let the next crash's kernel log line
             # be taken for a repeat of the one whose end is still queued.
-            self._burst_timer = GLib.idle_add(self._flush, priority=GLib.PRIORITY_DEFAULT)
+            self._burst_source = GLib.idle_add(self._flush, priority=GLib.PRIORITY_DEFAULT)
         return GLib.SOURCE_CONTINUE
 
     def _flush(self) -> bool:
         """The burst, in the kernel's order, with the sink holding its hints."""
-        self._burst_timer = 0
+        self._burst_source = 0
         burst, self._burst = self._burst, []
         self._sink.hold()
         try:

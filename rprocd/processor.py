@@ -353,10 +353,6 @@ class Processor:
             self.refresh()
         return GLib.SOURCE_REMOVE
 
-    def hint(self, subsystem: str, action: str, child: str) -> None:
-        """A uevent of a child device (virtio, rpmsg, rproc-virtio, devcoredump)."""
-        self.hints([(subsystem, action, child)])
-
     def hints(self, events: list[tuple[str, str, str]]) -> None:
         """A burst of uevents of this core's children, in the kernel's order: one
         re-read for all of them, then each event for the crash supervision.

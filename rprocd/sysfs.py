@@ -37,15 +37,6 @@ _VDEV_PARENT = re.compile(r"^(rproc-virtio\.\d+(\.auto)?|remoteproc\d+#vdev\d+bu
 _VIRTIO = re.compile(r"^virtio\d+$")
 
 
-def _subdirs(path: str | Path) -> list[os.DirEntry[str]]:
-    """Subdirectories of `path`, [] when it vanished meanwhile (stop, recovery)."""
-    try:
-        with os.scandir(path) as it:
-            return [e for e in it if e.is_dir(follow_symlinks=False)]
-    except OSError:
-        return []
-
-
 class DeviceGone(Exception):
     """The core's sysfs directory disappeared (driver unbound)."""
 
@@ -96,8 +87,10 @@ class FileOps:
 class Children(NamedTuple):
     """The device directories under a core, from one walk (ABI §1.1, §3.7)."""
 
-    vdev_parents: list[str]  # rproc-virtio.0.auto, ...
-    virtio: list[str]  # virtio0, ...
+    # rproc-virtio.0.auto, ...: made when a boot handles the resource table,
+    # removed at stop/detach, kept through a recovery
+    vdev_parents: list[str]
+    virtio: list[str]  # virtio0, ...: removed and made again by every recovery
     devices: list[tuple[str, str]]  # (virtio device, child directory): rpmsg devices
 
 
@@ -259,14 +252,14 @@ class CoreFiles:
         virtio: list[str] = []
         devices: list[tuple[str, str]] = []
         fd = self._dir()
+        if fd is None:  # the core's directory cannot be opened: it has none now
+            return Children([], [], [])
         try:
-            names = _scan_fd(fd) if fd is not None else [e.name for e in _subdirs(self.root)]
+            names = _scan_fd(fd)
         except OSError:
             names = []
         for parent in sorted(n for n in names if _VDEV_PARENT.match(n)):
             parents.append(parent)
-            if fd is None:
-                continue
             scanned = _scan_at(fd, parent)
             if scanned is None:
                 continue
@@ -281,26 +274,7 @@ class CoreFiles:
                     devices += ((vdev, name) for name in inner[1])
             finally:
                 os.close(pfd)
-        if fd is None:  # no fd (odd permissions): by path, as before
-            virtio = self._virtio_by_path(parents)
-            devices = [(v, d.name) for p in parents for v in virtio
-                       for d in _subdirs(self.root / p / v)]
         return Children(parents, sorted(virtio), devices)
-
-    def _virtio_by_path(self, parents: list[str]) -> list[str]:
-        return sorted(e.name for p in parents for e in _subdirs(self.root / p)
-                      if _VIRTIO.match(e.name))
-
-    def vdev_parents(self) -> list[str]:
-        """The vdev platform devices under the core (`rproc-virtio.0.auto`): created
-        when a boot handles the resource table, removed at stop/detach, kept
-        through a boot recovery (ABI §3.7)."""
-        return self.children().vdev_parents
-
-    def virtio_devices(self) -> list[str]:
-        """The virtio devices (`virtio0`, ...) under the core's vdevs now: removed
-        and created again by every recovery."""
-        return self.children().virtio
 
     def platform_device(self) -> tuple[str, str]:
         """(platform device, driver) owning the core, for the 'rebind the driver' advice."""

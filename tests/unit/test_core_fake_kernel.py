@@ -451,7 +451,7 @@ class HintSink:
             return
         if subsystem == "platform" and not Path(syspath).name.startswith("rproc-virtio."):
             return
-        proc.hint(subsystem, action, Path(syspath).name)
+        proc.hints([(subsystem, action, Path(syspath).name)])
 
 
 def deliver(kernel: FakeKernel, sink: object, count: int | None = None) -> int:

@@ -409,9 +409,9 @@ def test_offline_after_running_that_we_did_not_cause_is_a_crash(kernel: FakeKern
 def test_virtio_removed_while_running_means_a_recovery_between_polls(kernel: FakeKernel) -> None:
     core = kernel.add_core(0, "m4", "running")
     proc, rec = make(kernel, core)
-    proc.hint("virtio", "remove", "virtio0")
+    proc.hints([("virtio", "remove", "virtio0")])
     assert proc.properties()["CrashCount"] == 1 and len(rec.crashes) == 1
-    proc.hint("virtio", "add", "virtio1")
+    proc.hints([("virtio", "add", "virtio1")])
     assert proc.properties()["CrashCount"] == 1
 
 
@@ -422,9 +422,9 @@ def test_only_real_changes_are_announced(kernel: FakeKernel) -> None:
     proc.poll()
     assert rec.changes == []
     path = core.add_rpmsg("rpmsg-raw", vdev=1)
-    proc.hint("rpmsg", "add", path.name)
+    proc.hints([("rpmsg", "add", path.name)])
     assert rec.changes == [{"RpmsgChannels": ["rpmsg-raw"]}]
-    proc.hint("rpmsg", "remove", path.name)  # directory still there: the uevent wins
+    proc.hints([("rpmsg", "remove", path.name)])  # directory still there: the uevent wins
     assert rec.changes[-1] == {"RpmsgChannels": []}
 
 
