@@ -40,7 +40,9 @@ class _Job:
         self.on_late = on_late
         self.timer = 0
         self.expired = False
-        self.returned = threading.Event()  # fn is done; its result is on its way to the loop
+        # fn is done and its result is on its way to the loop (set by the worker
+        # thread, read on the loop: a plain attribute is enough under the GIL)
+        self.returned = False
 
 
 class Worker:
@@ -85,14 +87,14 @@ class Worker:
                 result, exc = job.fn(), None
             except BaseException as error:  # handed to the caller, who decides
                 result, exc = None, error
-            job.returned.set()
+            job.returned = True
             # Default priority, not idle: a reply must not wait until a burst of
             # uevents (a boot announces about ten) has been handled.
             GLib.idle_add(self._finish, job, result, exc, priority=GLib.PRIORITY_DEFAULT)
 
     def _expire(self, job: _Job, timeout: float) -> bool:
         job.timer = 0
-        if job.returned.is_set():
+        if job.returned:
             # In time, only not dispatched yet (a busy loop): `_finish` delivers it.
             return GLib.SOURCE_REMOVE
         job.expired = True
